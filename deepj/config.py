@@ -1,0 +1,176 @@
+"""Config machinery: nested dataclasses, filled from defaults, then a TOML file, then `key.sub=value` overrides.
+
+Strict by design: an unknown key or a value of the wrong type is refused with a message naming the key, so a typo
+never silently trains the wrong model. Each component defines its own small dataclass next to the code that uses it;
+this module only knows how to fill, print and save them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import tomllib
+import types
+import typing
+from pathlib import Path
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+
+class ConfigError(ValueError):
+    """A config file or override that cannot be applied; the message names the key."""
+
+
+def _field_types(cls: type) -> dict[str, Any]:
+    hints = typing.get_type_hints(cls)
+    return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
+
+
+def _coerce(value: Any, typ: Any, key: str) -> Any:
+    """Check (and for strings from the command line, parse) one value against its annotated type."""
+    origin = typing.get_origin(typ)
+    if origin in (typing.Union, types.UnionType):  # Optional[X] / X | None
+        args = [a for a in typing.get_args(typ) if a is not type(None)]
+        if value is None or (isinstance(value, str) and value.lower() in ("none", "null")):
+            return None
+        return _coerce(value, args[0], key)
+    if origin is typing.Literal:
+        choices = typing.get_args(typ)
+        if value not in choices:
+            raise ConfigError(f"{key}: {value!r} is not one of {', '.join(map(repr, choices))}")
+        return value
+    if origin in (list, tuple):
+        (item,) = typing.get_args(typ)[:1]
+        if isinstance(value, str):
+            value = [v for v in value.split(",") if v != ""] if value else []
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        return [_coerce(v, item, f"{key}[{i}]") for i, v in enumerate(value)]
+    if typ is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "1", "yes", "on"):
+            return True
+        if isinstance(value, str) and value.lower() in ("false", "0", "no", "off"):
+            return False
+        raise ConfigError(f"{key}: expected true or false, got {value!r}")
+    if typ is int:
+        if isinstance(value, bool):
+            raise ConfigError(f"{key}: expected an integer, got {value!r}")
+        if isinstance(value, int):
+            return value
+        if isinstance(value, str):
+            try:
+                return int(value.replace("_", ""))
+            except ValueError:
+                pass
+        raise ConfigError(f"{key}: expected an integer, got {value!r}")
+    if typ is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise ConfigError(f"{key}: expected a number, got {value!r}")
+    if typ is str:
+        if isinstance(value, str):
+            return value
+        raise ConfigError(f"{key}: expected a string, got {value!r}")
+    raise ConfigError(f"{key}: unsupported config type {typ!r}")
+
+
+def from_dict(cls: type[T], data: dict[str, Any], prefix: str = "") -> T:
+    """Build dataclass `cls` from a (nested) dict, refusing unknown keys and wrong types."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{prefix.rstrip('.') or 'config'}: expected a table, got {data!r}")
+    types_ = _field_types(cls)
+    unknown = sorted(set(data) - set(types_))
+    if unknown:
+        raise ConfigError(
+            f"unknown config key{'s' if len(unknown) > 1 else ''} "
+            f"{', '.join(prefix + k for k in unknown)}; valid keys here: {', '.join(prefix + k for k in types_)}"
+        )
+    kwargs = {}
+    for name, typ in types_.items():
+        if name not in data:
+            continue
+        if dataclasses.is_dataclass(typ):
+            kwargs[name] = from_dict(typ, data[name], prefix + name + ".")
+        else:
+            kwargs[name] = _coerce(data[name], typ, prefix + name)
+    return cls(**kwargs)
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    return dataclasses.asdict(cfg)
+
+
+def _set_path(tree: dict[str, Any], cls: type, dotted: str, raw: str) -> None:
+    """Apply one `a.b.c=value` override to a nested dict, validating the key path against the dataclasses."""
+    parts = dotted.split(".")
+    node, node_cls = tree, cls
+    for i, part in enumerate(parts):
+        types_ = _field_types(node_cls)
+        here = ".".join(parts[: i + 1])
+        if part not in types_:
+            where = ".".join(parts[:i])
+            valid = ", ".join((where + "." if where else "") + k for k in types_)
+            raise ConfigError(f"unknown config key {here!r}; valid keys here: {valid}")
+        typ = types_[part]
+        if i == len(parts) - 1:
+            if dataclasses.is_dataclass(typ):
+                raise ConfigError(f"{here} is a section; set one of its keys, e.g. {here}.{next(iter(_field_types(typ)))}=...")
+            node[part] = _coerce(raw, typ, here)
+        else:
+            if not dataclasses.is_dataclass(typ):
+                raise ConfigError(f"{here} is a value, not a section")
+            node = node.setdefault(part, {})
+            node_cls = typ
+
+
+def load(cls: type[T], path: str | Path | None = None, overrides: list[str] | None = None) -> T:
+    """Defaults -> TOML file -> `key=value` overrides, all strict."""
+    tree: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file {path} does not exist")
+        try:
+            tree = tomllib.loads(path.read_text())
+        except tomllib.TOMLDecodeError as e:
+            raise ConfigError(f"config file {path} is not valid TOML: {e}") from None
+    for item in overrides or []:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} is not of the form key=value (e.g. train.max_steps=100)")
+        key, raw = item.split("=", 1)
+        _set_path(tree, cls, key.strip(), raw.strip())
+    try:
+        return from_dict(cls, tree)
+    except TypeError as e:  # a dataclass __post_init__ or missing required field
+        raise ConfigError(str(e)) from None
+
+
+def to_toml(cfg: Any) -> str:
+    """Render a resolved config as TOML (scalars and lists only, which is all our configs hold)."""
+    lines: list[str] = []
+
+    def emit(d: dict[str, Any], prefix: str) -> None:
+        scalars = {k: v for k, v in d.items() if not isinstance(v, dict)}
+        tables = {k: v for k, v in d.items() if isinstance(v, dict)}
+        if scalars:
+            if prefix:
+                lines.append(f"[{prefix}]")
+            for k, v in scalars.items():
+                if v is None:
+                    lines.append(f'# {k} = (unset)')
+                else:
+                    lines.append(f"{k} = {json.dumps(v)}")
+            lines.append("")
+        for k, v in tables.items():
+            emit(v, f"{prefix}.{k}" if prefix else k)
+
+    emit(to_dict(cfg), "")
+    return "\n".join(lines)

@@ -1,0 +1,203 @@
+"""One representation, with converters at its edges: tick notes -> grid notes <-> piano roll.
+
+Grid notes are the canonical, compact form (what shards store): a structured array of
+`(pitch, start, end, velocity)` on the 16th-note grid, all tracks merged, sorted by (start, pitch), and for one pitch
+never overlapping (a re-strike ends the previous note at the step it starts). The piano roll is the dense form the
+model sees: `(T, N, 3)` float32 = `[play, replay, volume]` for N = max_pitch - min_pitch notes.
+
+The grid is beat-relative (deepj.md): a step is ticks_per_quarter / 4 MIDI ticks, so tempo and time-signature events
+do not move it. Rules, pinned by tests/test_representation.py:
+- start step = round(start_tick / tick_step), end step = round(end_tick / tick_step), at least one step long;
+- notes outside [min_pitch, max_pitch) and drum-channel notes are dropped;
+- tracks merge by logical or; a note struck while the same pitch already sounds (from any track, or an earlier note
+  of the same track) is a re-strike: replay = 1 at its first step and the volume becomes its velocity;
+- several onsets of one pitch at one step merge into one, with the largest velocity;
+- volume = velocity / 127, held for the length of the note.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from deepj.constants import DEFAULT_MAX_PITCH, DEFAULT_MIN_PITCH, MAX_VELOCITY, MIDI_PITCHES, NUM_CHANNELS, PLAY, REPLAY, STEPS_PER_BEAT, VOLUME
+
+NOTE_DTYPE = np.dtype([("pitch", np.uint8), ("start", np.uint32), ("end", np.uint32), ("velocity", np.uint8)])
+
+
+@dataclass
+class ReprConfig:
+    min_pitch: int = DEFAULT_MIN_PITCH  # MIDI pitch, inclusive (C2)
+    max_pitch: int = DEFAULT_MAX_PITCH  # MIDI pitch, exclusive (C6): 48 notes by default
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.min_pitch < self.max_pitch <= MIDI_PITCHES:
+            raise ValueError(f"pitch range [{self.min_pitch}, {self.max_pitch}) must lie within [0, {MIDI_PITCHES})")
+
+    @property
+    def num_notes(self) -> int:
+        return self.max_pitch - self.min_pitch
+
+
+def empty_notes() -> np.ndarray:
+    return np.zeros(0, dtype=NOTE_DTYPE)
+
+
+def make_notes(rows) -> np.ndarray:
+    """Grid notes from `(pitch, start, end, velocity)` tuples (any order); used by tests and generation."""
+    arr = np.array([tuple(r) for r in rows], dtype=NOTE_DTYPE) if len(rows) else empty_notes()
+    return arr[np.lexsort((arr["pitch"], arr["start"]))]
+
+
+def num_steps(notes: np.ndarray) -> int:
+    return int(notes["end"].max()) if len(notes) else 0
+
+
+def quantize(
+    pitch: np.ndarray,
+    start_tick: np.ndarray,
+    end_tick: np.ndarray,
+    velocity: np.ndarray,
+    ticks_per_quarter: int,
+    cfg: ReprConfig,
+) -> np.ndarray:
+    """Tick-time notes of all (non-drum) tracks -> canonical grid notes. Arrays are 1-D and aligned."""
+    pitch = np.asarray(pitch, dtype=np.int64)
+    keep = (pitch >= cfg.min_pitch) & (pitch < cfg.max_pitch) & (np.asarray(velocity) > 0)
+    if not keep.any():
+        return empty_notes()
+    tick_step = ticks_per_quarter / STEPS_PER_BEAT
+    # Round half up, in float64: ticks are integers well below 2**52, so this is exact enough for any file.
+    start = np.floor(np.asarray(start_tick, dtype=np.float64)[keep] / tick_step + 0.5).astype(np.int64)
+    end = np.floor(np.asarray(end_tick, dtype=np.float64)[keep] / tick_step + 0.5).astype(np.int64)
+    end = np.maximum(end, start + 1)
+    return merge(pitch[keep], start, end, np.asarray(velocity, dtype=np.int64)[keep])
+
+
+def merge(pitch: np.ndarray, start: np.ndarray, end: np.ndarray, velocity: np.ndarray) -> np.ndarray:
+    """Grid notes that may overlap (several tracks, re-strikes) -> canonical grid notes.
+
+    Per pitch: the sounding set is the union of the notes' intervals; every onset splits it (a re-strike). Vectorised
+    over all notes: sort events per pitch, find the sounding runs with a running count, then cut runs at onsets.
+    """
+    if len(pitch) == 0:
+        return empty_notes()
+    # Onsets: one per (pitch, start), with the largest velocity.
+    order = np.lexsort((-velocity, start, pitch))
+    p, s, v = pitch[order], start[order], velocity[order]
+    first = np.ones(len(p), dtype=bool)
+    first[1:] = (p[1:] != p[:-1]) | (s[1:] != s[:-1])
+    on_p, on_s, on_v = p[first], s[first], v[first]
+
+    # Sounding runs per pitch: +1 at each start, -1 at each end; a run ends where the running count returns to 0.
+    ev_p = np.concatenate([pitch, pitch])
+    ev_t = np.concatenate([start, end])
+    ev_d = np.concatenate([np.ones_like(start), -np.ones_like(end)])
+    o = np.lexsort((ev_d, ev_t, ev_p))  # at equal time, ends (-1) before starts (+1): touching notes are two runs
+    ev_p, ev_t, ev_d = ev_p[o], ev_t[o], ev_d[o]
+    count = np.cumsum(ev_d)  # per pitch the count returns to 0 at its last end, so one cumsum serves all pitches
+    run_end_mask = (ev_d == -1) & (count == 0)
+    run_end_p, run_end_t = ev_p[run_end_mask], ev_t[run_end_mask]
+
+    # Each onset's note ends at the next onset of the same pitch or the end of its run, whichever comes first.
+    key_on = on_p.astype(np.int64) * (1 << 40) + on_s
+    key_run_end = run_end_p.astype(np.int64) * (1 << 40) + run_end_t
+    idx = np.searchsorted(key_run_end, key_on, side="right")  # first run end strictly after the onset
+    run_end = run_end_t[idx]
+    next_on = np.full(len(on_s), np.iinfo(np.int64).max)
+    same = on_p[1:] == on_p[:-1]
+    next_on[:-1][same] = on_s[1:][same]
+    note_end = np.minimum(run_end, next_on)
+
+    out = np.empty(len(on_p), dtype=NOTE_DTYPE)
+    out["pitch"], out["start"], out["end"], out["velocity"] = on_p, on_s, note_end, on_v
+    return out[np.lexsort((out["pitch"], out["start"]))]
+
+
+def replay_flags(notes: np.ndarray) -> np.ndarray:
+    """For canonical notes: True where a note starts exactly where the previous note of its pitch ends (a re-strike)."""
+    order = np.lexsort((notes["start"], notes["pitch"]))
+    p, s, e = notes["pitch"][order], notes["start"][order], notes["end"][order]
+    flags_sorted = np.zeros(len(notes), dtype=bool)
+    flags_sorted[1:] = (p[1:] == p[:-1]) & (s[1:] == e[:-1])
+    flags = np.empty_like(flags_sorted)
+    flags[order] = flags_sorted
+    return flags
+
+
+def notes_to_roll(
+    notes: np.ndarray,
+    cfg: ReprConfig,
+    start: int = 0,
+    length: int | None = None,
+    transpose: int = 0,
+    replay: np.ndarray | None = None,
+    out: np.ndarray | None = None,
+) -> np.ndarray:
+    """Canonical grid notes -> roll `(length, N, 3)` float32 of steps [start, start + length).
+
+    `transpose` shifts pitches by semitones (notes leaving the range are dropped). `replay` may pass precomputed
+    `replay_flags(notes)` (the loader caches it per piece). A note that began before `start` is cut at the window
+    edge and keeps its replay flag only if its onset lies inside the window.
+    """
+    if length is None:
+        length = max(num_steps(notes) - start, 0)
+    n = cfg.num_notes
+    if out is None:
+        out = np.zeros((length, n, NUM_CHANNELS), dtype=np.float32)
+    else:
+        out[...] = 0.0
+    if len(notes) == 0 or length == 0:
+        return out
+    if replay is None:
+        replay = replay_flags(notes)
+    # Notes sorted by start: those starting before the window's end; of those, the ones still sounding inside it.
+    hi = np.searchsorted(notes["start"], start + length, side="left")
+    sel = notes[:hi]
+    rep = replay[:hi]
+    live = sel["end"] > start
+    sel, rep = sel[live], rep[live]
+    key = sel["pitch"].astype(np.int64) + transpose - cfg.min_pitch
+    inr = (key >= 0) & (key < n)
+    sel, rep, key = sel[inr], rep[inr], key[inr]
+    if len(sel) == 0:
+        return out
+    s = np.maximum(sel["start"].astype(np.int64) - start, 0)
+    e = np.minimum(sel["end"].astype(np.int64) - start, length)
+    lens = e - s
+    total = int(lens.sum())
+    # Flat (step, note) indices of every sounding cell: for note i, steps s_i .. e_i - 1.
+    offs = np.repeat(s - np.cumsum(lens) + lens, lens) + np.arange(total)
+    cols = np.repeat(key, lens)
+    out[offs, cols, PLAY] = 1.0
+    out[offs, cols, VOLUME] = np.repeat(sel["velocity"].astype(np.float32) / MAX_VELOCITY, lens)
+    onset_inside = sel["start"].astype(np.int64) >= start
+    r = rep & onset_inside
+    out[s[r], key[r], REPLAY] = 1.0
+    return out
+
+
+def roll_to_notes(roll: np.ndarray, cfg: ReprConfig) -> np.ndarray:
+    """Roll `(T, N, 3)` -> canonical grid notes. A note starts where play turns on or replay is set."""
+    play = roll[..., PLAY] > 0.5  # (T, N)
+    replay = (roll[..., REPLAY] > 0.5) & play
+    t_len, n = play.shape
+    prev = np.zeros_like(play)
+    prev[1:] = play[:-1]
+    starts = play & (~prev | replay)
+    # Transposed to (N, T + 1) so that flat indices run along time per pitch, with a silent guard step at the end.
+    play_t = np.zeros((n, t_len + 1), dtype=bool)
+    play_t[:, :t_len] = play.T
+    starts_t = np.zeros_like(play_t)
+    starts_t[:, :t_len] = starts.T
+    start_idx = np.flatnonzero(starts_t)
+    boundary = np.flatnonzero(starts_t | ~play_t)  # a note ends at the next start or the next silent step
+    end_idx = boundary[np.searchsorted(boundary, start_idx, side="right")]
+    pitch_i, s = np.divmod(start_idx, t_len + 1)
+    e = end_idx - pitch_i * (t_len + 1)
+    vel = np.rint(roll[s, pitch_i, VOLUME] * MAX_VELOCITY).clip(1, MAX_VELOCITY)
+    out = np.empty(len(start_idx), dtype=NOTE_DTYPE)
+    out["pitch"] = pitch_i + cfg.min_pitch
+    out["start"], out["end"], out["velocity"] = s, e, vel
+    return out[np.lexsort((out["pitch"], out["start"]))]

@@ -1,0 +1,170 @@
+"""The on-disk form of a corpus: WebDataset tar shards of compact grid notes, and their manifest.
+
+One sample per piece:
+- `notes.bin`: the piece's canonical grid notes (`representation.NOTE_DTYPE`), column-wise and delta-coded, zlib'd.
+  About 1-3 bytes per note after compression, against 48 x 3 x 4 = 576 bytes per step for a dense float32 roll;
+- `json`: `{"style": "baroque/bach", "source": "relative/path.mid", "steps": T, "notes": K}`.
+
+`manifest.json` beside the shards describes them (see `deepj.preprocess`); the loader reads only the manifest and the
+shards it is handed, one block at a time.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import zlib
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from deepj.representation import NOTE_DTYPE, empty_notes
+
+NOTES_KEY = "notes.bin"
+META_KEY = "json"
+MANIFEST = "manifest.json"
+REPORT = "report.json"
+FORMAT_VERSION = 1
+_MAGIC = b"DJN1"
+
+
+class ShardError(Exception):
+    """A shard or manifest that cannot be read; the message names the file."""
+
+
+def encode_notes(notes: np.ndarray) -> bytes:
+    """Canonical grid notes -> compact bytes. Columns are stored apart (they compress far better than rows)."""
+    k = len(notes)
+    start = notes["start"].astype(np.int64)
+    dstart = np.diff(start, prepend=0).astype(np.uint32)  # sorted by start, so deltas are small and non-negative
+    dur = (notes["end"].astype(np.int64) - start).astype(np.uint32)
+    body = b"".join(
+        [
+            np.uint32(k).tobytes(),
+            dstart.tobytes(),
+            dur.tobytes(),
+            notes["pitch"].astype(np.uint8).tobytes(),
+            notes["velocity"].astype(np.uint8).tobytes(),
+        ]
+    )
+    return _MAGIC + zlib.compress(body, 6)
+
+
+def decode_notes(blob: bytes) -> np.ndarray:
+    if not blob.startswith(_MAGIC):
+        raise ShardError("notes blob has no DJN1 header")
+    try:
+        body = zlib.decompress(blob[len(_MAGIC) :])
+    except zlib.error as e:
+        raise ShardError(f"notes blob does not decompress: {e}") from None
+    k = int(np.frombuffer(body[:4], dtype=np.uint32)[0])
+    if len(body) != 4 + k * 10:
+        raise ShardError(f"notes blob holds {len(body)} bytes, expected {4 + k * 10} for {k} notes")
+    if k == 0:
+        return empty_notes()
+    o = 4
+    dstart = np.frombuffer(body, dtype=np.uint32, count=k, offset=o)
+    dur = np.frombuffer(body, dtype=np.uint32, count=k, offset=o + 4 * k)
+    pitch = np.frombuffer(body, dtype=np.uint8, count=k, offset=o + 8 * k)
+    vel = np.frombuffer(body, dtype=np.uint8, count=k, offset=o + 9 * k)
+    out = np.empty(k, dtype=NOTE_DTYPE)
+    start = np.cumsum(dstart, dtype=np.int64)
+    out["start"] = start
+    out["end"] = start + dur
+    out["pitch"] = pitch
+    out["velocity"] = vel
+    return out
+
+
+def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def read_manifest(shard_dir: str | Path) -> dict[str, Any]:
+    path = Path(shard_dir) / MANIFEST
+    if not path.is_file():
+        raise ShardError(
+            f"{path} not found: {shard_dir} is not a preprocessed shard folder "
+            f"(make one with: python -m deepj.preprocess <midi folder | csv | demo> {shard_dir})"
+        )
+    try:
+        manifest = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ShardError(f"{path} is not valid JSON: {e}") from None
+    if manifest.get("format_version") != FORMAT_VERSION:
+        raise ShardError(f"{path}: format_version {manifest.get('format_version')!r}, this deepj reads {FORMAT_VERSION}")
+    return manifest
+
+
+def manifest_hash(manifest: dict[str, Any]) -> str:
+    """Identity of a corpus for checkpoints: styles, representation and shard contents (not timestamps)."""
+    core = {
+        "styles": manifest["styles"],
+        "representation": manifest["representation"],
+        "shards": [(s["name"], s["sha256"]) for s in manifest["shards"]],
+    }
+    return hashlib.sha256(json.dumps(core, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def piece_key(source: str) -> str:
+    """A stable WebDataset key for a piece (keys may not contain dots: WebDataset splits fields at the first one)."""
+    return hashlib.sha1(source.encode()).hexdigest()[:20]
+
+
+class SplitWriter:
+    """Writes one split's pieces into `{split}-NNNNNN.tar` shards of about `shard_bytes` each, and describes them.
+
+    Each shard is written under a temporary name and renamed when complete, so a killed run never leaves a
+    half-written shard under a real name. Tar headers carry a fixed mtime, so the same input gives the same bytes.
+    """
+
+    def __init__(self, out_dir: str | Path, split: str, shard_bytes: int):
+        import webdataset as wds
+
+        self._wds = wds
+        self.out_dir, self.split, self.shard_bytes = Path(out_dir), split, max(int(shard_bytes), 1)
+        self.entries: list[dict[str, Any]] = []
+        self._writer = None
+        self._fh = None
+
+    def _open(self) -> None:
+        name = f"{self.split}-{len(self.entries):06d}.tar"
+        self._path = self.out_dir / name
+        self._fh = open(self.out_dir / (name + ".tmp"), "wb")
+        self._writer = self._wds.TarWriter(self._fh, mtime=0.0)
+        self._cur = {"name": name, "split": self.split, "pieces": 0, "steps": 0, "notes": 0,
+                     "piece_steps": [], "piece_styles": []}
+
+    def add(self, source: str, style: str, style_id: int, notes: np.ndarray) -> None:
+        if self._writer is None:
+            self._open()
+        steps = int(notes["end"].max()) if len(notes) else 0
+        meta = {"style": style, "style_id": style_id, "source": source, "steps": steps, "notes": len(notes)}
+        self._writer.write({"__key__": piece_key(source), NOTES_KEY: encode_notes(notes), META_KEY: meta})
+        c = self._cur
+        c["pieces"] += 1
+        c["steps"] += steps
+        c["notes"] += len(notes)
+        c["piece_steps"].append(steps)
+        c["piece_styles"].append(style_id)
+        if self._fh.tell() >= self.shard_bytes:
+            self._finish()
+
+    def _finish(self) -> None:
+        self._writer.close()  # closes the file object too
+        tmp = self.out_dir / (self._cur["name"] + ".tmp")
+        tmp.replace(self._path)
+        self._cur["bytes"] = self._path.stat().st_size
+        self._cur["sha256"] = sha256_file(self._path)
+        self.entries.append(self._cur)
+        self._writer = self._fh = None
+
+    def close(self) -> list[dict[str, Any]]:
+        if self._writer is not None:
+            self._finish()
+        return self.entries
