@@ -37,7 +37,33 @@ def _check_file(path: Path) -> bytes:
         raise MidiError(path, "empty")
     if not data.startswith(MIDI_MAGIC):
         raise MidiError(path, "not-midi", "no MThd header")
+    _check_chunks(path, data)
     return data
+
+
+def _check_chunks(path: Path, data: bytes) -> None:
+    """The chunk layout both readers accept: a 6-byte MThd, then as many complete MTrk chunks as it declares.
+
+    Without this the readers disagree: symusic silently reads a file cut at a chunk boundary (a header alone, or
+    fewer tracks than declared) and skips unknown chunks, which mido rejects; mido accepts a longer MThd, which
+    symusic rejects. Trailing bytes after the declared tracks are ignored by both.
+    """
+    if len(data) < 14:
+        raise MidiError(path, "corrupt", f"the file ends inside the MThd chunk ({len(data)} bytes)")
+    if int.from_bytes(data[4:8], "big") != 6:
+        raise MidiError(path, "corrupt", "MThd chunk is not 6 bytes long")
+    ntracks = int.from_bytes(data[10:12], "big")
+    pos = 14
+    for i in range(ntracks):
+        if pos + 8 > len(data):
+            raise MidiError(path, "corrupt", f"header declares {ntracks} tracks, the file ends after {i}")
+        if data[pos : pos + 4] != b"MTrk":
+            found = data[pos : pos + 4]
+            raise MidiError(path, "corrupt", f"header declares {ntracks} tracks, chunk {found!r} follows {i}")
+        size = int.from_bytes(data[pos + 4 : pos + 8], "big")
+        if pos + 8 + size > len(data):
+            raise MidiError(path, "corrupt", f"track {i} declares {size} bytes, {len(data) - pos - 8} remain")
+        pos += 8 + size
 
 
 def read_tick_notes(path: str | os.PathLike, parser: Parser = "symusic"):
