@@ -1,0 +1,209 @@
+"""Checkpoints that survive kills: write into a temporary folder, fsync, barrier, mark complete, rename, point `latest`.
+
+Layout of a run folder:
+    step-00001000/            a complete checkpoint (renamed into place only after every rank's file is on disk)
+        train.pt              model, optimizer, LR schedule, GradScaler, counters, resolved config, manifest hash
+        rank-00000.pt ...     per rank: loader state and RNG states (torch, CUDA, numpy, random)
+        COMPLETE              JSON: step, world size, each file's size; written last, inside the folder
+    step-00002000.tmp/        a save in progress, or one killed mid-way: never chosen for resume
+    latest                    the name of the newest complete checkpoint (a hint; resume scans and verifies anyway)
+
+Every load uses `torch.load(weights_only=True)`: a checkpoint can hold tensors and plain containers, never code.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import re
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from deepj import dist
+
+STEP_RE = re.compile(r"^step-(\d{8})$")
+COMPLETE = "COMPLETE"
+SHARED = "train.pt"
+
+
+@dataclass
+class CheckpointConfig:
+    every: int = 500  # optimizer steps between checkpoints; one is always written at the end
+    keep: int = 3  # complete checkpoints kept (older ones are deleted after a new one is complete)
+    resume: str = "auto"  # "auto": newest complete checkpoint in run.dir, if any; "none": start fresh; or a step folder
+
+
+class CheckpointError(Exception):
+    """A checkpoint that cannot be used; the message names the folder and the reason."""
+
+
+def step_dir(run_dir: Path, step: int) -> Path:
+    return Path(run_dir) / f"step-{step:08d}"
+
+
+def _fsync_file(path: Path) -> None:
+    with open(path, "rb") as f:
+        os.fsync(f.fileno())
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _save_pt(obj: Any, path: Path) -> None:
+    with open(path, "wb") as f:
+        torch.save(obj, f)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def rng_state() -> dict[str, Any]:
+    """Every RNG a rank draws from, in weights_only-loadable form (tensors, ints, tuples)."""
+    np_state = np.random.get_state()
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]],
+        "random": random.getstate(),
+    }
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    name, keys, *rest = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), *rest))
+    version, internal, gauss = state["random"]
+    random.setstate((version, tuple(internal), gauss))
+
+
+def save(run_dir: str | Path, step: int, shared: dict[str, Any] | None, rank_state: dict[str, Any], keep: int,
+         collective_write: Callable[[Path], None] | None = None) -> Path:
+    """Collective: every rank calls it at the same step. `shared` is written by rank 0 only (it may be None elsewhere).
+
+    `collective_write(tmp_dir)` lets a backend with its own collective save (DeepSpeed) write into the same folder
+    before the checkpoint is marked complete.
+    """
+    info = dist.info()
+    run_dir = Path(run_dir)
+    final, tmp = step_dir(run_dir, step), step_dir(run_dir, step).with_suffix(".tmp")
+    if info.is_main:
+        if tmp.exists():  # left by a save that was killed: never trusted, always rewritten
+            shutil.rmtree(tmp)
+        tmp.mkdir(parents=True)
+    dist.barrier()
+    _save_pt(rank_state, tmp / f"rank-{info.rank:05d}.pt")
+    if collective_write is not None:
+        collective_write(tmp)
+    if info.is_main:
+        _save_pt(shared, tmp / SHARED)
+    dist.barrier()  # every rank's file is on disk before the checkpoint may be marked complete
+    if info.is_main:
+        files = {str(p.relative_to(tmp)): p.stat().st_size for p in sorted(tmp.rglob("*")) if p.is_file()}
+        marker = {"step": step, "world_size": info.world_size, "files": files}
+        (tmp / COMPLETE).write_text(json.dumps(marker, indent=1))
+        _fsync_file(tmp / COMPLETE)
+        _fsync_dir(tmp)
+        if final.exists():  # the same step saved again after a resume from an earlier one
+            shutil.rmtree(final)
+        tmp.rename(final)
+        _fsync_dir(run_dir)
+        latest_tmp = run_dir / "latest.tmp"
+        latest_tmp.write_text(final.name + "\n")
+        _fsync_file(latest_tmp)
+        latest_tmp.replace(run_dir / "latest")
+        _fsync_dir(run_dir)
+        _prune(run_dir, keep)
+    dist.barrier()
+    return final
+
+
+def _prune(run_dir: Path, keep: int) -> None:
+    complete = [p for p in list_checkpoints(run_dir) if _verify(p) is None]
+    for old in complete[keep:]:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def list_checkpoints(run_dir: str | Path) -> list[Path]:
+    """Step folders (complete or not), newest first."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        return []
+    found = [p for p in run_dir.iterdir() if p.is_dir() and STEP_RE.match(p.name)]
+    return sorted(found, key=lambda p: int(STEP_RE.match(p.name).group(1)), reverse=True)
+
+
+def _verify(path: Path) -> str | None:
+    """None if `path` is a complete checkpoint, else the reason it is not."""
+    marker = path / COMPLETE
+    if not marker.is_file():
+        return "no COMPLETE marker (a save that did not finish)"
+    try:
+        meta = json.loads(marker.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        return f"unreadable COMPLETE marker ({e})"
+    for name, size in meta.get("files", {}).items():
+        f = path / name
+        if not f.is_file():
+            return f"{name} is missing"
+        if f.stat().st_size != size:
+            return f"{name} has {f.stat().st_size} bytes, COMPLETE says {size}"
+    if SHARED not in meta.get("files", {}):
+        return f"{SHARED} not listed in COMPLETE"
+    return None
+
+
+def find_latest(run_dir: str | Path) -> tuple[Path | None, list[str]]:
+    """The newest complete checkpoint and a line for each newer one that was skipped, with the reason."""
+    skipped = []
+    for path in list_checkpoints(run_dir):
+        reason = _verify(path)
+        if reason is None:
+            return path, skipped
+        skipped.append(f"skipping {path}: {reason}")
+    return None, skipped
+
+
+def resolve(path_or_run: str | Path) -> Path:
+    """A step folder, or a run folder (-> its newest complete checkpoint). Raises CheckpointError with the reason."""
+    p = Path(path_or_run)
+    if not p.exists():
+        raise CheckpointError(f"{p} does not exist (expected a run folder or a step-NNNNNNNN checkpoint folder)")
+    if STEP_RE.match(p.name):
+        reason = _verify(p)
+        if reason:
+            raise CheckpointError(f"{p} is not a complete checkpoint: {reason}")
+        return p
+    latest, skipped = find_latest(p)
+    if latest is None:
+        detail = "; ".join(skipped) if skipped else "no step-NNNNNNNN folders"
+        raise CheckpointError(f"no complete checkpoint in {p} ({detail})")
+    return latest
+
+
+def load_shared(ckpt: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    return _load_pt(ckpt / SHARED, map_location)
+
+
+def load_rank(ckpt: Path, rank: int) -> dict[str, Any] | None:
+    """This rank's state, or None when the checkpoint was written by fewer ranks (an elastic resume)."""
+    path = ckpt / f"rank-{rank:05d}.pt"
+    return _load_pt(path, "cpu") if path.is_file() else None
+
+
+def _load_pt(path: Path, map_location) -> dict[str, Any]:
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:  # pickle.UnpicklingError for code in the file, RuntimeError for a damaged zip, ...
+        raise CheckpointError(f"refusing to load {path}: {type(e).__name__}: {str(e).splitlines()[0][:300]}") from None

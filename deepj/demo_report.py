@@ -1,0 +1,45 @@
+"""The last step of `make demo`: one piece per period and one 50/50 blend, then where everything is.
+
+`python -m deepj.demo_report RUN [--bars 16]`
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from deepj import generate
+from deepj.generate import load_for_inference
+from deepj.render import audio_available
+from deepj.styles import top_level_names
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m deepj.demo_report", description=__doc__.splitlines()[0])
+    p.add_argument("run", help="the demo's run folder")
+    p.add_argument("--bars", type=int, default=16)
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args(argv)
+    _, shared, ckpt = load_for_inference(args.run)
+    periods = top_level_names(shared["styles"], shared["levels"])
+    wav = ["--wav"] if audio_available()[0] else []
+    out = Path(args.run) / "samples"
+    jobs = [[name] for name in periods]
+    if len(periods) >= 2:
+        jobs.append([f"{periods[0]}=0.5", f"{periods[1]}=0.5"])
+    for styles in jobs:
+        rc = generate.main([args.run, *sum((["--style", s] for s in styles), []), "--bars", str(args.bars),
+                            "--seed", str(args.seed), "--out", str(out / generate.slug(styles)), *wav])
+        if rc:
+            return rc
+    print("\n== deepj demo: done ==")
+    print(f"checkpoint:   {ckpt}")
+    print(f"samples:      {out}/<style>/piece-00.mid, .png" + (", .wav" if wav else " (no WAV: " + audio_available()[1] + ")"))
+    print(f"tensorboard:  tensorboard --logdir {Path(args.run) / 'tb'}")
+    print(f"more music:   python -m deepj.generate {args.run} --style {periods[0]} --bars 32 --num 4")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,99 @@
+"""The one seam between the training loop and data parallelism: `backward`, `step`, `no_sync`.
+
+`DDPEngine` wraps torch DDP (or nothing, in one process). The DeepSpeed engine lives in `deepj/engine_deepspeed.py`
+behind the same four methods, so `train.py` never asks which backend it runs.
+
+Accumulation: the loop calls `backward(loss)` once per micro-batch with the micro-batch's mean loss and `step()` once per
+optimizer step. The engine divides by the accumulation count (DDP then averages over ranks), so the gradient is the
+mean over the global batch: exactly what one process computes on the whole global batch (tests/test_train.py).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Literal
+
+import torch
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+
+Precision = Literal["fp32", "bf16", "fp16"]
+
+
+def autocast_dtype(precision: Precision) -> torch.dtype | None:
+    return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+
+
+def check_precision(precision: Precision, device: torch.device) -> None:
+    if precision == "fp16" and device.type != "cuda":
+        raise ValueError("train.precision=fp16 needs CUDA (fp16 autocast with a GradScaler); on CPU use fp32 or bf16")
+
+
+class DDPEngine:
+    def __init__(
+        self,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        scheduler,
+        *,
+        device: torch.device,
+        distributed: bool,
+        accumulation: int,
+        precision: Precision = "fp32",
+        grad_clip: float = 0.0,
+    ):
+        check_precision(precision, device)
+        self.module = model
+        self.optimizer, self.scheduler = optimizer, scheduler
+        self.device, self.accumulation, self.precision, self.grad_clip = device, accumulation, precision, grad_clip
+        self.wrapped = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None) if distributed else model
+        # fp16 needs loss scaling; bf16 has fp32's exponent range and does not.
+        self.scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
+
+    def __call__(self, *args, **kwargs):
+        dtype = autocast_dtype(self.precision)
+        with torch.autocast(self.device.type, dtype=dtype, enabled=dtype is not None):
+            return self.wrapped(*args, **kwargs)
+
+    def no_sync(self):
+        """Skip the gradient all-reduce for a micro-batch that is not the last of its optimizer step."""
+        return self.wrapped.no_sync() if isinstance(self.wrapped, DistributedDataParallel) else contextlib.nullcontext()
+
+    def backward(self, loss: torch.Tensor) -> None:
+        self.scaler.scale(loss / self.accumulation).backward()
+
+    def step(self) -> float:
+        """Clip, step, update the scale and the learning rate; returns the global gradient norm before clipping."""
+        self.scaler.unscale_(self.optimizer)
+        params = [p for p in self.module.parameters() if p.grad is not None]
+        max_norm = self.grad_clip if self.grad_clip > 0 else float("inf")
+        norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
+        self.scaler.step(self.optimizer)  # skipped by the scaler when fp16 gradients overflowed
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scheduler.step()
+        return float(norm)
+
+    def train(self) -> None:
+        self.module.train()
+
+    def eval(self) -> None:
+        self.module.eval()
+
+    def lr(self) -> float:
+        return self.optimizer.param_groups[0]["lr"]
+
+    def state_dict(self) -> dict:
+        return {
+            "model": self.module.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.module.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        if state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])

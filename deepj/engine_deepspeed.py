@@ -1,0 +1,101 @@
+"""DeepSpeed behind the same seam as DDP: `backward`, `step`, `no_sync`, plus its own collective checkpoint.
+
+Our config stays the single source of truth: micro-batch, accumulation, global batch, gradient clipping and precision
+are written into the DeepSpeed config taken from `train.deepspeed_config` (ZeRO stage and the like), so the two can
+never disagree. DeepSpeed divides the loss by its accumulation count itself (`backward` here passes the micro-batch
+mean unscaled: no double scaling), and must see `step()` after every micro-batch: it only steps the optimizer at the
+accumulation boundary, so the micro-steps before it are forwarded from `backward`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from pathlib import Path
+
+import torch
+
+from deepj.engine import check_precision
+
+DS_TAG = "deepspeed"  # sub-folder of our step folder that holds DeepSpeed's own checkpoint
+
+
+def build_ds_config(base: dict, *, micro_batch: int, accumulation: int, world_size: int, precision: str,
+                    grad_clip: float) -> dict:
+    cfg = dict(base)
+    for key in ("train_batch_size", "train_micro_batch_size_per_gpu", "gradient_accumulation_steps",
+                "gradient_clipping", "fp16", "bf16"):
+        cfg.pop(key, None)  # ours wins; the file only brings ZeRO and engine settings
+    cfg.update({
+        "train_micro_batch_size_per_gpu": micro_batch,
+        "gradient_accumulation_steps": accumulation,
+        "train_batch_size": micro_batch * accumulation * world_size,
+        "gradient_clipping": grad_clip,
+        "fp16": {"enabled": precision == "fp16", "initial_scale_power": 16},
+        "bf16": {"enabled": precision == "bf16"},
+    })
+    return cfg
+
+
+class DeepSpeedEngine:
+    def __init__(self, model, optimizer, scheduler, *, cfg, accumulation: int):
+        import deepspeed
+
+        from deepj import dist
+
+        info = dist.info()
+        check_precision(cfg.train.precision, info.device)
+        path = Path(cfg.train.deepspeed_config)
+        if not path.is_file():
+            raise FileNotFoundError(f"train.deepspeed_config: {path} does not exist (see launcher/ds_zero*.json)")
+        ds_cfg = build_ds_config(json.loads(path.read_text()), micro_batch=cfg.train.micro_batch,
+                                 accumulation=accumulation, world_size=info.world_size,
+                                 precision=cfg.train.precision, grad_clip=cfg.optim.grad_clip)
+        self.ds, self.optimizer, _, self.scheduler = deepspeed.initialize(
+            model=model, optimizer=optimizer, lr_scheduler=scheduler, config=ds_cfg)
+        self.module = self.ds.module
+        self.precision = cfg.train.precision
+
+    def __call__(self, *args):
+        # DeepSpeed's bf16/fp16 modes cast the module itself; inputs must follow its dtype (targets stay float32).
+        dtype = next(self.module.parameters()).dtype
+        prev, target, beat, style = args
+        return self.ds(prev.to(dtype), target.to(dtype), beat, style.to(dtype))
+
+    def no_sync(self):
+        return contextlib.nullcontext()  # DeepSpeed reduces gradients only at the accumulation boundary by itself
+
+    def backward(self, loss: torch.Tensor) -> None:
+        boundary = self.ds.is_gradient_accumulation_boundary()
+        self.ds.backward(loss)
+        if not boundary:
+            self.ds.step()  # counts the micro-step; no optimizer step before the boundary
+
+    def step(self) -> float:
+        self.ds.step()
+        norm = self.ds.get_global_grad_norm()
+        return float(norm) if norm is not None else 0.0
+
+    def train(self) -> None:
+        self.ds.train()
+
+    def eval(self) -> None:
+        self.ds.eval()
+
+    def lr(self) -> float:
+        return self.optimizer.param_groups[0]["lr"]
+
+    # Checkpointing: DeepSpeed writes its own (partitioned) files, collectively, into our temporary step folder.
+    def state_dict(self) -> dict:
+        return {"model": self.module.state_dict(), "backend": "deepspeed"}  # full weights too, for generate
+
+    def save_collective(self, tmp_dir: Path) -> None:
+        self.ds.save_checkpoint(str(tmp_dir), tag=DS_TAG, save_latest=False)
+
+    def load_collective(self, ckpt_dir: Path) -> None:
+        path, _ = self.ds.load_checkpoint(str(ckpt_dir), tag=DS_TAG)
+        if path is None:
+            raise RuntimeError(f"DeepSpeed found no checkpoint under {ckpt_dir / DS_TAG}")
+
+    def load_state_dict(self, state: dict) -> None:
+        pass  # everything is in DeepSpeed's own files (load_collective)

@@ -1,0 +1,55 @@
+"""The training config: one small dataclass per component, nested in `TrainConfig`.
+
+Each builder receives only its own section. Defaults here, then `configs/NAME.toml`, then `key.sub=value` overrides
+(`deepj.config.load`, strict). The resolved config is printed, written to `<run.dir>/config.toml`, and stored in every
+checkpoint, so `generate` and `evaluate` need only a checkpoint path.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from deepj.checkpoint import CheckpointConfig
+from deepj.data import DataConfig
+from deepj.model import ModelConfig
+from deepj.optim import OptimConfig
+
+
+@dataclass
+class RunConfig:
+    dir: str = "runs/debug"  # run folder: checkpoints, TensorBoard, config, samples
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    threads: int = 0  # torch CPU threads per rank; 0 = cores / ranks on this node
+
+
+@dataclass
+class TrainLoopConfig:
+    max_steps: int = 1000  # optimizer steps
+    global_batch: int = 16  # windows per optimizer step over all ranks (the paper: 16)
+    micro_batch: int = 16  # windows per forward/backward on one rank; accumulation = global / (micro x world)
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    backend: Literal["ddp", "deepspeed"] = "ddp"
+    deepspeed_config: str = "launcher/ds_zero1.json"  # ZeRO stage etc.; batch, accumulation, precision and clipping come from this config
+    val_every: int = 200  # optimizer steps between validation passes; 0 = only at the end
+    val_batches: int = 8  # validation micro-batches per rank per pass (the same on every rank)
+    deterministic: bool = True  # torch.use_deterministic_algorithms: bit-exact resume on CPU
+
+
+@dataclass
+class LogConfig:
+    every: int = 10  # optimizer steps between console lines and TensorBoard scalars
+    sample_every: int = 500  # optimizer steps between generated samples in TensorBoard; 0 = off
+    sample_bars: int = 4  # length of those samples
+
+
+@dataclass
+class TrainConfig:
+    seed: int = 0
+    run: RunConfig = field(default_factory=RunConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainLoopConfig = field(default_factory=TrainLoopConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    log: LogConfig = field(default_factory=LogConfig)

@@ -1,0 +1,62 @@
+"""Shared fixtures: a tiny real corpus (MIDI files in a period/composer tree) and its shards, made once per session."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def write_random_piece(path: Path, rng: np.random.Generator, bars: int, low: int, high: int, tempo: float = 120.0):
+    """A small real MIDI file: a seeded random walk of chords and a melody, two tracks."""
+    import pretty_midi
+
+    pm = pretty_midi.PrettyMIDI(initial_tempo=tempo)
+    sec_per_step = 60.0 / tempo / 4
+    for voice in range(2):
+        inst = pretty_midi.Instrument(program=0)
+        t, pitch = 0, int(rng.integers(low, high))
+        while t < bars * 16:
+            dur = int(rng.choice([1, 2, 2, 4, 4, 8]))
+            pitch = int(np.clip(pitch + rng.integers(-4, 5), low, high - 1))
+            inst.notes.append(pretty_midi.Note(int(rng.integers(40, 120)), pitch, t * sec_per_step,
+                                               (t + dur) * sec_per_step))
+            t += dur
+        pm.instruments.append(inst)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pm.write(str(path))
+
+
+def make_tiny_corpus(root: Path, pieces_per_style: int = 6, bars: int = 6) -> Path:
+    """Two periods, three composers, with different registers so that a style is learnable."""
+    rng = np.random.default_rng(0)
+    styles = {"baroque/bach": (40, 60), "baroque/handel": (44, 64), "classical/mozart": (60, 80)}
+    for style, (low, high) in styles.items():
+        for i in range(pieces_per_style):
+            write_random_piece(root / style / f"piece{i:02d}.mid", rng, bars, low, high)
+    return root
+
+
+def run_cli(*args: str, timeout: int = 600, env_extra: dict | None = None, check: bool = False):
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env_extra or {})}
+    res = subprocess.run([sys.executable, *args], cwd=REPO, capture_output=True, text=True, timeout=timeout, env=env)
+    if check and res.returncode != 0:
+        raise AssertionError(f"{' '.join(args)} exited {res.returncode}\nstdout:\n{res.stdout[-4000:]}\nstderr:\n{res.stderr[-4000:]}")
+    return res
+
+
+@pytest.fixture(scope="session")
+def tiny_shards(tmp_path_factory) -> Path:
+    """A preprocessed tiny corpus, made once per test session with the real CLI."""
+    base = tmp_path_factory.mktemp("tiny")
+    midi = make_tiny_corpus(base / "midi")
+    out = base / "shards"
+    run_cli("-m", "deepj.preprocess", str(midi), str(out), "--workers", "1", "--val-fraction", "0.2",
+            "--min-steps", "16", check=True)
+    return out

@@ -1,0 +1,167 @@
+"""Training: gradient equivalence across ranks and accumulation, a real torchrun debug run, TensorBoard, resume, errors."""
+
+from __future__ import annotations
+
+import os
+import socket
+import tempfile
+from pathlib import Path
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from deepj.engine import DDPEngine
+from deepj.loss import deepj_loss
+from deepj.model import DeepJ, ModelConfig
+from deepj.optim import OptimConfig, build_optimizer, build_scheduler
+from conftest import run_cli
+
+TINY = ModelConfig(num_notes=12, num_styles=3, style_dim=8, conv_filters=4, conv_kernel=5, time_hidden=8,
+                   note_hidden=6, dropout=0.0, input_dropout=0.0)
+
+
+def global_batch(n: int = 16, t: int = 6):
+    """A fixed random global batch: (n, t, N, 3) rolls whose play density differs from window to window."""
+    g = torch.Generator().manual_seed(1)
+    density = torch.rand(n, 1, 1, generator=g) * 0.5  # windows from almost silent to dense
+    play = (torch.rand(n, t + 1, TINY.num_notes, generator=g) < density).double()
+    replay = play * (torch.rand(play.shape, generator=g) < 0.3).double()
+    vol = play * torch.rand(play.shape, generator=g, dtype=torch.float64)
+    notes = torch.stack([play, replay, vol], -1)  # (n, t+1, N, 3)
+    beat = torch.arange(t).repeat(n, 1) % 16
+    style = torch.eye(3, dtype=torch.float64)[torch.arange(n) % 3]
+    return notes[:, :-1], notes[:, 1:], beat, style
+
+
+def make_engine(accumulation: int, distributed: bool) -> DDPEngine:
+    torch.manual_seed(0)
+    model = DeepJ(TINY).double()
+    opt = build_optimizer(model.parameters(), OptimConfig())
+    return DDPEngine(model, opt, build_scheduler(opt, OptimConfig(), 10), device=torch.device("cpu"),
+                     distributed=distributed, accumulation=accumulation)
+
+
+def grads_after_accumulation(engine: DDPEngine, micro_batches) -> list[torch.Tensor]:
+    """The loop's micro-step pattern: no_sync on all but the last micro-batch, then read the gradients."""
+    for i, (prev, target, beat, style) in enumerate(micro_batches):
+        last = i == len(micro_batches) - 1
+        ctx = engine.no_sync() if not last else torch.enable_grad()
+        with ctx:
+            loss, _ = deepj_loss(engine(prev, target, beat, style), target)
+            engine.backward(loss)
+    return [p.grad.clone() for p in engine.module.parameters()]
+
+
+def _ddp_worker(rank: int, world: int, init_file: str, out_file: str) -> None:
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    torch.set_num_threads(1)
+    prev, target, beat, style = global_batch()
+    # Global batch 16 = micro 4 x accumulation 2 x world 2; rank r takes windows [8r, 8r + 8) as two micro-batches.
+    lo = rank * 8
+    micro = [tuple(x[lo + 4 * m: lo + 4 * m + 4] for x in (prev, target, beat, style)) for m in range(2)]
+    grads = grads_after_accumulation(make_engine(accumulation=2, distributed=True), micro)
+    if rank == 0:
+        torch.save(grads, out_file)
+    dist.barrier()
+    dist.destroy_process_group()
+
+
+def test_ddp_accumulation_matches_one_process_gradients(tmp_path):
+    """Pitfall 14: DDP 2 ranks x accumulation 2 x micro 4 == 1 process x batch 16, in float64.
+
+    The engine divides each micro-batch's mean loss by the accumulation count (2) and DDP averages over ranks (2):
+    sum over 4 micro-batches of grad(mean_4) / 4 == grad(mean_16), since every micro-batch holds 4 of the 16 windows.
+    That holds only if the loss is a mean over windows; the loss normalises its masked terms per window, so windows
+    of different note density (this batch has them) do not break it.
+    """
+    out = tmp_path / "grads.pt"
+    mp.spawn(_ddp_worker, args=(2, str(tmp_path / "init"), str(out)), nprocs=2, join=True)
+    ddp = torch.load(out, weights_only=True)
+    ref = grads_after_accumulation(make_engine(accumulation=1, distributed=False), [global_batch()])
+    assert len(ddp) == len(ref)
+    for a, b in zip(ddp, ref):
+        assert torch.allclose(a, b, rtol=1e-9, atol=1e-12), (a - b).abs().max()
+    # The comparison can fail: dropping the accumulation division doubles the gradient.
+    assert not torch.allclose(ddp[0] * 2, ref[0])
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def torchrun(*args: str, nproc: int = 2, timeout: int = 600):
+    return run_cli("-m", "torch.distributed.run", "--nnodes=1", f"--nproc_per_node={nproc}",
+                   "--rdzv-backend=c10d", f"--rdzv-endpoint=127.0.0.1:{free_port()}", "-m", "deepj.train", *args,
+                   timeout=timeout)
+
+
+EXPECTED_TAGS = {"train/loss", "train/play", "train/replay", "train/volume", "train/lr", "train/grad_norm",
+                 "perf/windows_per_s", "perf/note_steps_per_s", "val/loss", "val/play", "val/replay", "val/volume"}
+
+
+def read_tb(run_dir: Path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(run_dir / "tb"), size_guidance={"scalars": 0, "images": 0})
+    acc.Reload()
+    return acc
+
+
+@pytest.mark.slow
+def test_debug_run_under_torchrun_checkpoints_tensorboard_and_resume(tiny_shards, tmp_path):
+    run = tmp_path / "run"
+    res = torchrun("--config", "configs/debug.toml", f"data.dir={tiny_shards}", f"run.dir={run}")
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    assert (run / "step-00000010" / "COMPLETE").is_file() and (run / "step-00000020" / "COMPLETE").is_file()
+    assert (run / "latest").read_text().strip() == "step-00000020"
+    assert (run / "config.toml").is_file()
+    assert "step 20/20" in res.stdout and "ETA" in res.stdout
+    acc = read_tb(run)
+    tags = set(acc.Tags()["scalars"])
+    assert EXPECTED_TAGS <= tags, EXPECTED_TAGS - tags
+    assert any(t.startswith("samples/") for t in acc.Tags()["images"])
+    assert [e.step for e in acc.Scalars("train/loss")] == [5, 10, 15, 20]
+
+    # Resume continues the step count in the same run folder, and TensorBoard keeps each step once.
+    res = torchrun("--config", "configs/debug.toml", f"data.dir={tiny_shards}", f"run.dir={run}", "train.max_steps=30")
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    assert "at step 20" in res.stdout
+    assert (run / "step-00000030" / "COMPLETE").is_file()
+    steps = [e.step for e in read_tb(run).Scalars("train/loss")]
+    assert steps == [5, 10, 15, 20, 25, 30]
+    assert len(list((run / "tb").iterdir())) >= 1 and not (run / "tb" / "tb").exists()
+
+
+def test_unknown_config_key_is_refused(tiny_shards, tmp_path):
+    res = run_cli("-m", "deepj.train", "--config", "configs/debug.toml", f"data.dir={tiny_shards}",
+                  f"run.dir={tmp_path}", "train.max_stepz=3")
+    assert res.returncode == 2
+    assert "train.max_stepz" in res.stderr and "train.max_steps" in res.stderr
+
+
+def test_global_batch_must_divide(tiny_shards, tmp_path):
+    res = run_cli("-m", "deepj.train", "--config", "configs/debug.toml", f"data.dir={tiny_shards}",
+                  f"run.dir={tmp_path}", "train.global_batch=6", "train.micro_batch=4")
+    assert res.returncode == 2
+    assert "train.global_batch=6" in res.stdout and "micro" in res.stdout
+
+
+def test_missing_data_dir_is_clear(tmp_path):
+    res = run_cli("-m", "deepj.train", "--config", "configs/debug.toml", f"data.dir={tmp_path / 'nope'}",
+                  f"run.dir={tmp_path / 'run'}")
+    assert res.returncode == 2
+    assert "manifest.json" in res.stdout and "deepj.preprocess" in res.stdout
+
+
+@pytest.mark.parametrize("name", ["debug", "demo", "paper"])
+def test_shipped_configs_load(name):
+    """Every shipped config is valid against the code (litgpt's habit)."""
+    from deepj import config
+    from deepj.train_config import TrainConfig
+
+    cfg = config.load(TrainConfig, f"configs/{name}.toml")
+    assert cfg.train.global_batch % cfg.train.micro_batch == 0
