@@ -199,7 +199,7 @@ def main(argv=None) -> int:
             with engine.no_sync() if not last else contextlib.nullcontext():
                 total, terms = run_loss(engine, batch, cfg.model.play_only)
                 engine.backward(total)
-            acc += torch.tensor([float(total), float(terms["play"]), float(terms["replay"]), float(terms["volume"])],
+            acc += torch.tensor([float(total.detach()), float(terms["play"]), float(terms["replay"]), float(terms["volume"])],
                                 dtype=torch.float64)
             acc_n += 1
         grad_norm = engine.step()

@@ -1,0 +1,88 @@
+"""Synthetic shard folders for tests: random canonical pieces written with `SplitWriter`, plus a manifest.json that
+follows the schema deepj.preprocess writes (only what the loader and the tests read is filled with real values)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+
+from deepj.representation import ReprConfig, merge
+from deepj.shards import FORMAT_VERSION, MANIFEST, SplitWriter, sha256_file
+
+STYLES = ["baroque/bach", "classical/mozart", "romantic/chopin"]
+
+
+def random_piece(rng: np.random.Generator, steps: int, density: float = 0.5, max_len: int = 8,
+                 pitches: tuple[int, int] = (36, 84)) -> np.ndarray:
+    """Canonical grid notes of exactly `steps` steps: about density * steps random notes of 1..max_len steps,
+    pitches in [pitches[0], pitches[1])."""
+    k = max(1, int(steps * density))
+    pitch = rng.integers(pitches[0], pitches[1], k + 1)
+    start = rng.integers(0, steps, k + 1)
+    start[-1] = steps - 1  # the last note ends exactly at `steps`
+    end = np.minimum(start + rng.integers(1, max_len + 1, k + 1), steps)
+    return merge(pitch, start, end, rng.integers(1, 128, k + 1))
+
+
+def dense_piece(rng: np.random.Generator, steps: int, cfg: ReprConfig = ReprConfig()) -> np.ndarray:
+    """Every pitch re-struck every step: num_notes * steps notes, the densest canonical piece (for memory tests)."""
+    n = cfg.num_notes
+    start = np.repeat(np.arange(steps), n)
+    pitch = np.tile(np.arange(cfg.min_pitch, cfg.max_pitch), steps)
+    return merge(pitch, start, start + 1, rng.integers(1, 128, len(start)))
+
+
+def write_manifest(out_dir: Path, entries: list[dict], styles: list[str], cfg: ReprConfig = ReprConfig()) -> dict:
+    totals: dict = {"files_seen": sum(e["pieces"] for e in entries), "files_skipped": 0}
+    for split in sorted({e["split"] for e in entries}):
+        mine = [e for e in entries if e["split"] == split]
+        totals[split] = {k: sum(e[k] for e in mine) for k in ("pieces", "steps", "notes", "bytes")}
+        totals[split]["shards"] = len(mine)
+    levels: dict[str, list[int]] = {}
+    for i, style in enumerate(styles):
+        for name in [style, *style.split("/")]:
+            levels.setdefault(name, []).append(i)
+    manifest = {
+        "format_version": FORMAT_VERSION,
+        "tool": "deepj 0.1.0 (tests/shardgen.py)",
+        "representation": {"min_pitch": cfg.min_pitch, "max_pitch": cfg.max_pitch, "steps_per_beat": 4,
+                           "grid": "beat-relative 16th notes"},
+        "settings": {"source": "synthetic test corpus"},
+        "styles": styles,
+        "levels": {k: sorted(set(v)) for k, v in levels.items()},
+        "level_names": [sorted({s.split("/")[d] for s in styles}) for d in range(2)],
+        "shards": entries,
+        "totals": totals,
+    }
+    (out_dir / MANIFEST).write_text(json.dumps(manifest, indent=1))
+    return manifest
+
+
+def write_corpus(out_dir: Path, splits: dict[str, list[tuple[int, np.ndarray]]], shard_bytes: int,
+                 styles: list[str] = STYLES) -> dict:
+    """Write each split's (style_id, notes) pieces into shards of about shard_bytes, and the manifest."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    entries = []
+    for split, pieces in splits.items():
+        writer = SplitWriter(out_dir, split, shard_bytes)
+        for i, (style_id, notes) in enumerate(pieces):
+            writer.add(f"{split}/piece{i:05d}.mid", styles[style_id], style_id, notes)
+        entries += writer.close()
+    return write_manifest(out_dir, entries, styles)
+
+
+def replicate(src_dir: Path, out_dir: Path, times: int, split: str = "train") -> dict:
+    """A corpus of `times` copies of src_dir's shards of one split (same bytes, new names): for size-scaling tests."""
+    src = json.loads((Path(src_dir) / MANIFEST).read_text())
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    entries = []
+    for entry in [e for e in src["shards"] if e["split"] == split] * times:
+        name = f"{split}-{len(entries):06d}.tar"
+        shutil.copyfile(Path(src_dir) / entry["name"], out_dir / name)
+        entries.append({**entry, "name": name, "sha256": sha256_file(out_dir / name)})
+    return write_manifest(out_dir, entries, src["styles"])

@@ -1,0 +1,420 @@
+"""The streaming loader against pitfalls.md items 1-6: equal batches per rank, coverage, workers, resume, elastic
+world sizes, transposition, bounded worker memory, and bad shards. Tiny windows (seq_len 8, stride 4) keep it fast."""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import signal
+import warnings
+from pathlib import Path
+
+import numpy as np
+import psutil
+import pytest
+import torch
+
+from deepj.data import DataConfig, ShardError, ShardSkipped, StreamingLoader, validation_batches
+from deepj.representation import ReprConfig, notes_to_roll
+from deepj.shards import read_manifest
+from shardgen import STYLES, dense_piece, random_piece, replicate, write_corpus
+
+SEQ, STRIDE = 8, 4
+KEYS = ("notes", "beat", "style", "window")
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    """Train pieces of 3 to ~1500 steps (shards from 1 to ~370 windows), half of them in a narrow pitch band so that
+    transposition has room; a small val split. Returns (dir, {split: [(style, notes)] in manifest order}, manifest)."""
+    rng = np.random.default_rng(1)
+    lengths = np.exp(rng.uniform(np.log(3), np.log(1500), 40)).astype(int)
+    lengths[:3] = [3, 1500, 5]
+    train = [(int(rng.integers(3)), random_piece(rng, int(t), pitches=(50, 70) if i % 2 else (36, 84)))
+             for i, t in enumerate(lengths)]
+    val = [(int(rng.integers(3)), random_piece(rng, int(t))) for t in (40, 9, 100)]
+    d = tmp_path_factory.mktemp("corpus")
+    manifest = write_corpus(d, {"train": train, "val": val}, shard_bytes=6000)
+    return d, {"train": train, "val": val}, manifest
+
+
+def cfg_for(d, **kw) -> DataConfig:
+    return DataConfig(**{"dir": str(d), "seq_len": SEQ, "stride": STRIDE, "shuffle_block": 3, "workers": 0, **kw})
+
+
+def catalogue(manifest, split="train") -> list[tuple[int, int]]:
+    """(piece, start) of every window id, recomputed here from the manifest alone."""
+    steps = [t for s in manifest["shards"] if s["split"] == split for t in s["piece_steps"]]
+    return [(i, k * STRIDE) for i, t in enumerate(steps) for k in range(max(1, (t - SEQ) // STRIDE + 1))]
+
+
+def take(loader, n):
+    """n micro-batches, across epoch ends, as a trainer would pull them."""
+    out = []
+    while len(out) < n:
+        for batch in loader:
+            out.append(batch)
+            if len(out) == n:
+                break
+    return out
+
+
+def wins(batches) -> list[tuple[int, int]]:
+    return [(int(p), int(s)) for b in batches for p, s, _ in b["window"].tolist()]
+
+
+def assert_same(a, b):
+    assert len(a) == len(b)
+    for x, y in zip(a, b):
+        for k in KEYS:
+            assert torch.equal(x[k], y[k]), k
+
+
+@contextlib.contextmanager
+def deadline(seconds: float):
+    """Turn a hang into a failure."""
+    def on_alarm(signum, frame):
+        raise TimeoutError(f"no result within {seconds} s")
+    old = signal.signal(signal.SIGALRM, on_alarm)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
+
+
+# -- item 1: equal batches per rank ---------------------------------------------------------------------------------
+def test_ranks_get_equal_batches_over_uneven_shards(corpus):
+    d, _, manifest = corpus
+    shard_windows = [sum(max(1, (t - SEQ) // STRIDE + 1) for t in s["piece_steps"])
+                     for s in manifest["shards"] if s["split"] == "train"]
+    assert max(shard_windows) >= 50 * min(shard_windows)  # very different shard sizes
+    total = len(catalogue(manifest))
+    loaders = [StreamingLoader(cfg_for(d), micro_batch=4, global_batch=24, rank=r, world_size=3) for r in range(3)]
+    with deadline(60):
+        for epoch in range(2):
+            counts = [sum(1 for _ in ld) for ld in loaders]
+            assert counts == [total // 24 * 2] * 3, (epoch, counts)
+        for n in (3, 50):  # 50 * 3 * 4 windows is more than the val split has: it cycles
+            counts = [sum(1 for _ in validation_batches(cfg_for(d), micro_batch=4, rank=r, world_size=3,
+                                                          num_batches=n)) for r in range(3)]
+            assert counts == [n] * 3
+
+
+@pytest.mark.slow
+def test_one_shard_two_ranks_two_workers(tmp_path):
+    rng = np.random.default_rng(2)
+    manifest = write_corpus(tmp_path, {"train": [(0, random_piece(rng, 30)), (1, random_piece(rng, 50))]},
+                            shard_bytes=1 << 30)
+    assert len(manifest["shards"]) == 1
+    cfg = cfg_for(tmp_path, workers=2)
+    loaders = [StreamingLoader(cfg, micro_batch=1, global_batch=4, rank=r, world_size=2) for r in range(2)]
+    total = loaders[0].total_windows  # 6 + 11 = 17 windows, 4 steps of 4
+    with deadline(60):
+        seen = [wins(list(ld)) for ld in loaders]
+    assert [len(s) for s in seen] == [8, 8] and total == 17
+    assert len(set(seen[0] + seen[1])) == 16
+
+
+# -- item 3: every window once, the order a function of (seed, epoch) -------------------------------------------------
+@pytest.mark.parametrize("world, micro", [(1, 3), (2, 3), (3, 2)])
+def test_epoch_covers_every_window_once(corpus, world, micro):
+    d, _, manifest = corpus
+    cat, g = catalogue(manifest), 12
+    loaders = [StreamingLoader(cfg_for(d), micro_batch=micro, global_batch=g, rank=r, world_size=world, seed=5)
+               for r in range(world)]
+    acc = loaders[0].accumulation
+    assert acc * micro * world == g
+    epochs = []
+    for epoch in range(2):
+        per_rank = [list(ld) for ld in loaders]
+        steps = len(per_rank[0]) // acc
+        # Step b is rank 0's A micro-batches, then rank 1's, ...: the epoch's order cut into G-sized pieces.
+        seq = [w for b in range(steps) for r in range(world) for w in wins(per_rank[r][b * acc : (b + 1) * acc])]
+        order = [cat[i] for i in loaders[0].order(epoch)]
+        assert seq == order[: steps * g]
+        assert len(set(seq)) == len(seq) == len(cat) - len(cat) % g
+        assert set(cat) - set(seq) == set(order[steps * g :])  # only the < G tail of this epoch's permutation
+        epochs.append(seq)
+    assert epochs[0][:50] != epochs[1][:50]  # the order changes from epoch to epoch
+
+
+def test_order_independent_of_world_size_and_changes_with_seed(corpus):
+    d, _, _ = corpus
+    a = StreamingLoader(cfg_for(d), micro_batch=2, global_batch=12, world_size=3, rank=2, seed=7).order(3)
+    b = StreamingLoader(cfg_for(d, shuffle_block=3), micro_batch=12, global_batch=12, seed=7).order(3)
+    c = StreamingLoader(cfg_for(d), micro_batch=12, global_batch=12, seed=8).order(3)
+    assert np.array_equal(a, b) and not np.array_equal(a, c)
+    assert sorted(a.tolist()) == list(range(len(a)))
+
+
+# -- item 4: workers change nothing ---------------------------------------------------------------------------------
+@pytest.mark.slow
+@pytest.mark.filterwarnings("ignore:This DataLoader will create 3 worker processes")
+def test_same_batches_for_0_1_3_workers(corpus):
+    d, _, _ = corpus
+    runs = []
+    with deadline(120):
+        for workers in (0, 1, 3):
+            ld = StreamingLoader(cfg_for(d, workers=workers), micro_batch=3, global_batch=12, rank=1, world_size=2)
+            runs.append((ld.steps_per_epoch(), list(ld), list(ld)[:5]))
+    for steps, epoch0, epoch1 in runs[1:]:
+        assert steps == runs[0][0]
+        assert_same(epoch0, runs[0][1])
+        assert_same(epoch1, runs[0][2])
+
+
+# -- item 5: resume bit for bit ---------------------------------------------------------------------------------------
+def roundtrip(state, tmp_path):
+    """Through a weights_only checkpoint, as the trainer stores it."""
+    torch.save({"data": state}, tmp_path / "ckpt.pt")
+    return torch.load(tmp_path / "ckpt.pt", weights_only=True)["data"]
+
+
+@pytest.mark.parametrize("workers", [0, pytest.param(2, marks=pytest.mark.slow)])
+def test_resume_chain_is_bit_identical(corpus, tmp_path, workers):
+    d, _, _ = corpus
+    make = lambda: StreamingLoader(cfg_for(d, workers=workers), micro_batch=2, global_batch=8, world_size=2, rank=1,
+                                   seed=3)
+    ref_loader = make()
+    acc, spe = ref_loader.accumulation, ref_loader.steps_per_epoch()
+    # Stops: mid-epoch, exactly at the epoch's end, one step into epoch 1; then run on.
+    cuts = [3 * acc, (spe - 3) * acc, 1 * acc, 12 * acc]
+    with deadline(120):
+        ref = take(ref_loader, sum(cuts))
+        got, state = [], None
+        for k, n in enumerate(cuts):
+            ld = make()
+            it = iter(ld)  # built before the state is loaded: must still start from the restored position
+            if state is not None:
+                ld.load_state_dict(roundtrip(state, tmp_path))
+            got += [next(it) for _ in range(n)]
+            state = ld.state_dict()
+            if k == 1:
+                assert state["epoch"] == 1 and state["consumed"] == 0  # at the epoch edge
+    assert_same(got, ref)
+    assert state == ref_loader.state_dict()
+
+
+def test_state_refusals(corpus):
+    d, _, _ = corpus
+    ld = StreamingLoader(cfg_for(d), micro_batch=2, global_batch=8, seed=3)
+    take(ld, 1)  # one micro-batch of four: in the middle of an optimizer step
+    with pytest.raises(ValueError, match="middle of an optimizer step"):
+        StreamingLoader(cfg_for(d), micro_batch=2, global_batch=8, seed=3).load_state_dict(ld.state_dict())
+    take(ld, 3)
+    state = ld.state_dict()
+    with pytest.raises(ValueError, match="seed"):
+        StreamingLoader(cfg_for(d), micro_batch=2, global_batch=8, seed=4).load_state_dict(state)
+    with pytest.raises(ValueError, match="total_windows"):
+        StreamingLoader(cfg_for(d, stride=8), micro_batch=2, global_batch=8, seed=3).load_state_dict(state)
+    it = iter(ld)
+    next(it)
+    ld.load_state_dict(state)
+    with pytest.raises(RuntimeError, match="superseded"):
+        next(it)
+
+
+# -- item 6: elastic world size ------------------------------------------------------------------------------------
+def rest_of_epoch(loaders) -> list[list[tuple[int, int]]]:
+    """Windows per optimizer step, over all ranks, for the rest of the current epoch."""
+    acc = loaders[0].accumulation
+    per_rank = [wins(list(ld)) for ld in loaders]
+    step = acc * loaders[0].micro_batch
+    return [sorted(w for r in per_rank for w in r[b * step : (b + 1) * step]) for b in range(len(per_rank[0]) // step)]
+
+
+@pytest.mark.parametrize("before, after", [((2, 3), (1, 6)), ((1, 4), (3, 2))])
+def test_elastic_resume_same_global_batch(corpus, before, after):
+    d, _, _ = corpus
+    g = 12
+    (w0, b0), (w1, b1) = before, after
+    first = [StreamingLoader(cfg_for(d), micro_batch=b0, global_batch=g, rank=r, world_size=w0, seed=9)
+             for r in range(w0)]
+    ref = [StreamingLoader(cfg_for(d), micro_batch=b0, global_batch=g, rank=r, world_size=w0, seed=9)
+           for r in range(w0)]
+    for ld in first + ref:
+        take(ld, 5 * ld.accumulation)
+    states = [ld.state_dict() for ld in first]
+    assert all(s == states[0] for s in states)  # the state does not depend on the rank
+    resumed = [StreamingLoader(cfg_for(d), micro_batch=b1, global_batch=g, rank=r, world_size=w1, seed=9)
+               for r in range(w1)]
+    for ld in resumed:
+        ld.load_state_dict(states[0])
+    got, want = rest_of_epoch(resumed), rest_of_epoch(ref)
+    assert got == want  # the same windows in every remaining step
+    flat = [w for step in got for w in step]
+    assert len(flat) == len(set(flat))
+
+
+def test_resume_with_another_global_batch_continues_from_consumed(corpus):
+    d, _, manifest = corpus
+    cat = catalogue(manifest)
+    ld = StreamingLoader(cfg_for(d), micro_batch=4, global_batch=12, seed=2)
+    seen = wins(take(ld, 3 * ld.accumulation))
+    resumed = StreamingLoader(cfg_for(d), micro_batch=2, global_batch=10, seed=2)
+    resumed.load_state_dict(ld.state_dict())
+    rest = wins(list(resumed))
+    order = [cat[i] for i in ld.order(0)]
+    assert seen == order[:36]
+    assert rest == order[36 : 36 + (len(cat) - 36) // 10 * 10]
+
+
+# -- windows, beat, style and transposition ---------------------------------------------------------------------------
+def reference_window(notes, s, shift, cfg=ReprConfig()):
+    """(L+1, N, 3) rows for steps [s-1, s+L), cut from the whole piece without the loader's shortcuts."""
+    roll = notes_to_roll(notes, cfg, 0, s + SEQ, shift)
+    return np.concatenate([np.zeros((1, *roll.shape[1:]), np.float32), roll])[s:]
+
+
+def test_windows_match_the_pieces_and_transposition_stays_in_range(corpus):
+    d, pieces, _ = corpus
+    train = pieces["train"]
+    shifts = {}
+    for epoch in range(2):
+        ld = StreamingLoader(cfg_for(d, transpose=6), micro_batch=8, global_batch=8, seed=1)
+        ld.load_state_dict({**ld.state_dict(), "epoch": epoch})
+        for batch in ld:
+            assert batch["prev"].data_ptr() == batch["notes"].data_ptr()
+            assert torch.equal(batch["target"], batch["notes"][:, 1:])
+            for j, (p, s, shift) in enumerate(batch["window"].tolist()):
+                style, notes = train[p]
+                win = batch["notes"][j].numpy()
+                assert np.array_equal(win, reference_window(notes, s, shift))
+                # No note pushed out of range: as many sounding cells as the untransposed window.
+                assert win[..., 0].sum() == reference_window(notes, s, 0)[..., 0].sum()
+                assert torch.equal(batch["beat"][j], (s + torch.arange(SEQ)) % 16)
+                assert batch["style"][j].tolist() == [float(i == style) for i in range(len(STYLES))]
+                shifts[epoch, p, s] = shift
+    values = list(shifts.values())
+    assert min(values) >= -6 and max(values) <= 6 and len(set(values)) == 13
+    same = [shifts[0, p, s] == shifts[1, p, s] for (e, p, s) in shifts if e == 0 and (1, p, s) in shifts]
+    assert 0.05 < np.mean(same) < 0.6  # varies across epochs, a function of (seed, epoch, window)
+    again = StreamingLoader(cfg_for(d, transpose=6), micro_batch=8, global_batch=8, seed=1)
+    first = next(iter(again))
+    assert [shifts[0, p, s] == t for p, s, t in first["window"].tolist()] == [True] * 8
+
+
+@pytest.mark.parametrize("kw", [{"transpose": 0}, {"augment": False}])
+def test_no_transposition_when_off(corpus, kw):
+    d, pieces, _ = corpus
+    cfg = cfg_for(d, transpose=kw.get("transpose", 6))
+    ld = StreamingLoader(cfg, micro_batch=16, global_batch=16, augment=kw.get("augment", True))
+    for batch in take(ld, 10):
+        assert batch["window"][:, 2].abs().sum() == 0
+        p, s, _ = batch["window"][0].tolist()
+        assert np.array_equal(batch["notes"][0].numpy(), reference_window(pieces["train"][p][1], s, 0))
+
+
+def test_validation_batches_are_fixed_and_spread(corpus):
+    d, pieces, manifest = corpus
+    cat = catalogue(manifest, "val")  # 9 + 1 + 24 = 34 windows
+    run = lambda r, n: list(validation_batches(cfg_for(d), micro_batch=4, rank=r, world_size=2, num_batches=n))
+    a, b = run(0, 4), run(1, 4)
+    assert_same(a, run(0, 4))
+    seen = wins(a) + wins(b)
+    assert len(set(seen)) == 32 and set(seen) <= set(cat)
+    assert all(batch["window"][:, 2].abs().sum() == 0 for batch in a)
+    cycled = wins(run(0, 10)) + wins(run(1, 10))
+    assert len(cycled) == 80 and set(cycled) == set(cat)
+
+
+# -- memory does not grow with the corpus --------------------------------------------------------------------------
+@pytest.mark.slow
+def test_worker_memory_does_not_grow_with_corpus(tmp_path):
+    rng = np.random.default_rng(3)
+    base = tmp_path / "x1"
+    write_corpus(base, {"train": [(0, dense_piece(rng, 2000)) for _ in range(20)]}, shard_bytes=300_000)
+    big = tmp_path / "x10"
+    manifest10 = replicate(base, big, 10)
+    peaks, decoded = [], []
+    for d in (base, big):
+        decoded.append(sum(s["notes"] for s in read_manifest(d)["shards"]) * 10)  # bytes of NOTE_DTYPE rows if held
+        ld = StreamingLoader(DataConfig(dir=str(d), seq_len=16, stride=512, shuffle_block=1, workers=1),
+                             micro_batch=4, global_batch=4)
+        peak = 0
+        with deadline(240):
+            for _ in ld:
+                for child in psutil.Process().children():
+                    peak = max(peak, child.memory_full_info().uss)
+        peaks.append(peak)
+    assert len(manifest10["shards"]) >= 30
+    print("worker peak USS MB (1x, 10x):", [p / 1e6 for p in peaks], "decoded MB:", [x / 1e6 for x in decoded])
+    assert decoded[1] - decoded[0] > 150e6  # a loader holding the decoded corpus would grow by this much
+    assert peaks[1] - peaks[0] < 40e6, [p / 1e6 for p in peaks]
+
+
+# -- bad shards ------------------------------------------------------------------------------------------------------
+def damaged_copy(corpus_dir: Path, out: Path, how: str) -> str:
+    shutil.copytree(corpus_dir, out)
+    name = "train-000002.tar"
+    path = out / name
+    data = bytearray(path.read_bytes())
+    if how == "truncated":
+        path.write_bytes(bytes(data[: len(data) // 2]))
+    elif how == "corrupt":
+        mid = len(data) // 2
+        data[mid : mid + 300] = np.random.default_rng(0).integers(0, 256, 300, dtype=np.uint8).tobytes()
+        path.write_bytes(bytes(data))
+    elif how == "blob":  # one flipped bit inside a piece's compressed notes: the tar itself still parses
+        data[data.index(b"DJN1") + 7] ^= 0x10
+        path.write_bytes(bytes(data))
+    else:
+        path.unlink()
+    return name
+
+
+@pytest.mark.parametrize("how", ["truncated", "missing"])
+def test_truncated_or_missing_shard_is_named_at_start(corpus, tmp_path, how):
+    d, _, _ = corpus
+    name = damaged_copy(d, tmp_path / "c", how)
+    with pytest.raises(ShardError, match=name):
+        StreamingLoader(cfg_for(tmp_path / "c"), micro_batch=4, global_batch=4)
+
+
+@pytest.mark.parametrize("how, workers", [("corrupt", 0), ("blob", 0), pytest.param("corrupt", 2, marks=pytest.mark.slow)])
+def test_corrupt_shard_raises_naming_it(corpus, tmp_path, how, workers):
+    d, _, _ = corpus
+    name = damaged_copy(d, tmp_path / "c", how)
+    ld = StreamingLoader(cfg_for(tmp_path / "c", workers=workers), micro_batch=4, global_batch=8)
+    with deadline(60), pytest.raises(ShardError, match=name):
+        for _ in ld:
+            pass
+
+
+@pytest.mark.parametrize("how, block, workers", [("corrupt", 3, 0), ("truncated", 1, 0), ("blob", 3, 0),
+                                                 pytest.param("corrupt", 1, 2, marks=pytest.mark.slow)])
+def test_skip_mode_finishes_the_epoch(corpus, tmp_path, how, block, workers):
+    d, _, manifest = corpus
+    name = damaged_copy(d, tmp_path / "c", how)
+    entries = [s for s in manifest["shards"] if s["split"] == "train"]
+    k = [s["name"] for s in entries].index(name)
+    bad_pieces = set(range(sum(s["pieces"] for s in entries[:k]), sum(s["pieces"] for s in entries[: k + 1])))
+    runs = []
+    for w in sorted({0, workers}):
+        ld = StreamingLoader(cfg_for(tmp_path / "c", on_error="skip", shuffle_block=block, workers=w),
+                             micro_batch=4, global_batch=8)
+        expected = ld.steps_per_epoch() * ld.accumulation
+        with deadline(60), warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            batches = list(ld) + list(ld)  # two epochs: the shard is reported once
+        assert len(batches) == 2 * expected
+        assert [str(c.message) for c in caught if c.category is ShardSkipped and name in str(c.message)] != []
+        assert len([c for c in caught if c.category is ShardSkipped]) == 1
+        assert list(ld.skipped_shards) == [name]
+        assert not bad_pieces & {p for p, _ in wins(batches)}
+        runs.append(batches)
+    assert_same(runs[0], runs[-1])
+
+
+def test_config_errors(corpus):
+    d, _, _ = corpus
+    with pytest.raises(ValueError, match="multiple of micro_batch 4 x world_size 2"):
+        StreamingLoader(cfg_for(d), micro_batch=4, global_batch=12, world_size=2)
+    with pytest.raises(ShardError, match="no shards for split 'test'"):
+        StreamingLoader(cfg_for(d), "test", micro_batch=4, global_batch=4)
+    with pytest.raises(ValueError, match="fewer than one global batch"):
+        StreamingLoader(cfg_for(d), "val", micro_batch=64, global_batch=64)
+    with pytest.raises(ShardError, match="manifest.json not found"):
+        StreamingLoader(cfg_for(d / "nowhere"), micro_batch=4, global_batch=4)
