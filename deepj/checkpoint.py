@@ -18,6 +18,7 @@ import os
 import random
 import re
 import shutil
+import signal
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -88,6 +89,17 @@ def set_rng_state(state: dict[str, Any]) -> None:
     random.setstate((version, tuple(internal), gauss))
 
 
+def _fault_point(where: str, step: int) -> None:
+    """Test hook: `DEEPJ_FAULT=<where>:<step>:<rank>` SIGKILLs that rank at that point of that save.
+
+    Lets tests kill a rank in the middle of a save deterministically (tests/test_fault_tolerance.py); unset, it costs one
+    dictionary lookup per save.
+    """
+    spec = os.environ.get("DEEPJ_FAULT")
+    if spec and spec == f"{where}:{step}:{dist.info().rank}":
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
 def save(run_dir: str | Path, step: int, shared: dict[str, Any] | None, rank_state: dict[str, Any], keep: int,
          collective_write: Callable[[Path], None] | None = None) -> Path:
     """Collective: every rank calls it at the same step. `shared` is written by rank 0 only (it may be None elsewhere).
@@ -104,6 +116,7 @@ def save(run_dir: str | Path, step: int, shared: dict[str, Any] | None, rank_sta
         tmp.mkdir(parents=True)
     dist.barrier()
     _save_pt(rank_state, tmp / f"rank-{info.rank:05d}.pt")
+    _fault_point("after-rank-file", step)
     if collective_write is not None:
         collective_write(tmp)
     if info.is_main:
@@ -112,12 +125,14 @@ def save(run_dir: str | Path, step: int, shared: dict[str, Any] | None, rank_sta
     if info.is_main:
         files = {str(p.relative_to(tmp)): p.stat().st_size for p in sorted(tmp.rglob("*")) if p.is_file()}
         marker = {"step": step, "world_size": info.world_size, "files": files}
+        _fault_point("before-complete", step)
         (tmp / COMPLETE).write_text(json.dumps(marker, indent=1))
         _fsync_file(tmp / COMPLETE)
         _fsync_dir(tmp)
         if final.exists():  # the same step saved again after a resume from an earlier one
             shutil.rmtree(final)
         tmp.rename(final)
+        _fault_point("before-latest", step)
         _fsync_dir(run_dir)
         latest_tmp = run_dir / "latest.tmp"
         latest_tmp.write_text(final.name + "\n")

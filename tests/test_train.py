@@ -93,10 +93,10 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def torchrun(*args: str, nproc: int = 2, timeout: int = 600):
+def torchrun(*args: str, nproc: int = 2, timeout: int = 600, env: dict | None = None):
     return run_cli("-m", "torch.distributed.run", "--nnodes=1", f"--nproc_per_node={nproc}",
                    "--rdzv-backend=c10d", f"--rdzv-endpoint=127.0.0.1:{free_port()}", "-m", "deepj.train", *args,
-                   timeout=timeout)
+                   timeout=timeout, env_extra=env)
 
 
 EXPECTED_TAGS = {"train/loss", "train/play", "train/replay", "train/volume", "train/lr", "train/grad_norm",
