@@ -35,11 +35,12 @@ def global_batch(n: int = 16, t: int = 6):
     return notes[:, :-1], notes[:, 1:], beat, style
 
 
-def make_engine(accumulation: int, distributed: bool) -> DDPEngine:
+def make_engine(accumulation: int, distributed: bool, dtype: torch.dtype = torch.float64,
+                optim: OptimConfig = OptimConfig()) -> DDPEngine:
     torch.manual_seed(0)
-    model = DeepJ(TINY).double()
-    opt = build_optimizer(model.parameters(), OptimConfig())
-    return DDPEngine(model, opt, build_scheduler(opt, OptimConfig(), 10), device=torch.device("cpu"),
+    model = DeepJ(TINY).to(dtype)
+    opt = build_optimizer(model.parameters(), optim)
+    return DDPEngine(model, opt, build_scheduler(opt, optim, 10), device=torch.device("cpu"),
                      distributed=distributed, accumulation=accumulation)
 
 
@@ -51,7 +52,7 @@ def grads_after_accumulation(engine: DDPEngine, micro_batches) -> list[torch.Ten
         with ctx:
             loss, _ = deepj_loss(engine(prev, target, beat, style), target)
             engine.backward(loss)
-    return [p.grad.clone() for p in engine.module.parameters()]
+    return [p.grad.clone() if p.grad is not None else None for p in engine.module.parameters()]
 
 
 def _ddp_worker(rank: int, world: int, init_file: str, out_file: str) -> None:

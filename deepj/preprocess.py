@@ -1,0 +1,362 @@
+"""MIDI corpus -> WebDataset shards of grid notes + manifest.json + report.json, the offline step before training.
+
+    python -m deepj.preprocess INPUT OUTPUT_DIR [--workers N] [--shard-size-mb M] [--val-fraction F] [--seed S]
+        [--min-steps K] [--min-pitch P] [--max-pitch P] [--periods FILE] [--parser symusic|pretty_midi] [--force]
+
+INPUT is a folder tree (`<period>/<composer>/*.mid`), a MAESTRO-style CSV, or the word `demo` (music21's bundled
+scores, converted once into a cache; write `./demo` for a folder called demo).
+
+Files are read in parallel (one process per core), in sorted source order. A file that cannot be used (corrupt,
+empty, no notes, too short ...) is skipped and listed with its reason in report.json; nothing one file does stops the
+run. Pieces without an official split go to val iff `sha256("{seed}:{source}")` maps below `--val-fraction`, so a
+piece keeps its split when files are added. The same inputs and settings give the same bytes: shards, then
+report.json, then manifest.json (last, so a folder with a manifest is complete).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import hashlib
+import json
+import os
+import re
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from deepj import __version__
+from deepj.constants import DEFAULT_MAX_PITCH, DEFAULT_MIN_PITCH, STEPS_PER_BEAT
+from deepj.corpus import SPLITS, Corpus, CorpusError, open_corpus
+from deepj.midi_io import MidiError, read_midi
+from deepj.representation import ReprConfig, num_steps
+from deepj.shards import FORMAT_VERSION, MANIFEST, REPORT, SplitWriter, decode_notes, encode_notes
+
+SHARD_NAME = re.compile(r"^(train|val|test)-\d{6}\.tar(\.tmp)?$")  # ours, finished or left by a killed run
+SPOOL = ".preprocess-spool.tmp"
+
+
+class PreprocessError(Exception):
+    """A run that cannot start or produced nothing; the message says what to change. `code` is the exit status."""
+
+    def __init__(self, message: str, code: int = 2):
+        super().__init__(message)
+        self.code = code
+
+
+@dataclasses.dataclass
+class Settings:
+    """Everything that changes the output (stored in the manifest; a rerun into the same folder must match it)."""
+
+    val_fraction: float = 0.1
+    seed: int = 0
+    shard_size_mb: float = 64.0
+    min_steps: int = 32
+    min_pitch: int = DEFAULT_MIN_PITCH
+    max_pitch: int = DEFAULT_MAX_PITCH
+    parser: str = "symusic"
+    periods: dict[str, str] = dataclasses.field(default_factory=dict)  # MAESTRO composer -> period overrides, as read
+
+    def validate(self) -> ReprConfig:
+        if not 0.0 <= self.val_fraction < 1.0:
+            raise PreprocessError(f"--val-fraction must be in [0, 1), got {self.val_fraction}")
+        if not self.shard_size_mb > 0:
+            raise PreprocessError(f"--shard-size-mb must be > 0, got {self.shard_size_mb}")
+        if self.min_steps < 1:
+            raise PreprocessError(f"--min-steps must be >= 1, got {self.min_steps}")
+        if self.parser not in ("symusic", "pretty_midi"):
+            raise PreprocessError(f"--parser must be symusic or pretty_midi, got {self.parser!r}")
+        try:
+            return ReprConfig(self.min_pitch, self.max_pitch)
+        except ValueError as e:
+            raise PreprocessError(f"--min-pitch/--max-pitch: {e}") from None
+
+
+# --------------------------------------------------------------------------------------------------- per file
+
+def process_file(path: str | os.PathLike, repr_cfg: ReprConfig, min_steps: int, parser: str = "symusic") -> np.ndarray:
+    """One MIDI file -> canonical grid notes, or MidiError (its `reason` goes into the report)."""
+    notes = read_midi(path, repr_cfg, parser)
+    if len(notes) == 0:
+        raise MidiError(path, "out-of-range", f"no note in the pitch range [{repr_cfg.min_pitch}, {repr_cfg.max_pitch})")
+    steps = num_steps(notes)
+    if steps < min_steps:
+        raise MidiError(path, "too-short", f"{steps} steps < --min-steps {min_steps}")
+    return notes
+
+
+def _work(task: tuple[str, int, int, int, str]) -> tuple[bool, Any]:
+    """Pool worker: -> (True, (encoded notes, steps, notes)) or (False, (reason, detail))."""
+    path, min_pitch, max_pitch, min_steps, parser = task
+    try:
+        notes = process_file(path, ReprConfig(min_pitch, max_pitch), min_steps, parser)
+    except MidiError as e:
+        return False, (e.reason, e.detail)
+    except Exception as e:  # a reader bug must not end a run over 100k files; it is reported with its type
+        return False, ("error", f"{type(e).__name__}: {e}"[:300])
+    # Encoded in the worker: ~2 bytes per note cross the process boundary instead of 10.
+    return True, (encode_notes(notes), num_steps(notes), len(notes))
+
+
+# --------------------------------------------------------------------------------------------------- splits, styles
+
+def split_hash(source: str, seed: int) -> float:
+    """A piece's place in [0, 1): a function of its own name only, so adding files moves no existing piece."""
+    return int(hashlib.sha256(f"{seed}:{source}".encode()).hexdigest()[:8], 16) / 2**32
+
+
+def assign_splits(sources: list[str], given: list[str | None], val_fraction: float, seed: int) -> list[str]:
+    """Official splits are kept; the others go to val iff their hash < val_fraction. With >= 2 hashed pieces and
+    val_fraction > 0 but none in val, the smallest hash goes to val (the first piece a larger fraction would take)."""
+    hashes = [split_hash(s, seed) for s in sources]
+    out = [g if g is not None else ("val" if h < val_fraction else "train") for g, h in zip(given, hashes)]
+    free = [i for i, g in enumerate(given) if g is None]
+    if val_fraction > 0 and len(free) >= 2 and "val" not in out:
+        out[min(free, key=lambda i: hashes[i])] = "val"
+    return out
+
+
+def style_levels(styles: list[str]) -> tuple[dict[str, list[int]], list[list[str]]]:
+    """Leaf styles (sorted) -> {every prefix and every component name: leaf ids}, names per depth."""
+    levels: dict[str, set[int]] = {}
+    depth_names: list[set[str]] = []
+    for sid, style in enumerate(styles):
+        parts = style.split("/")
+        for d, name in enumerate(parts):
+            levels.setdefault(name, set()).add(sid)
+            levels.setdefault("/".join(parts[: d + 1]), set()).add(sid)
+            if len(depth_names) <= d:
+                depth_names.append(set())
+            depth_names[d].add(name)
+    return {k: sorted(v) for k, v in sorted(levels.items())}, [sorted(n) for n in depth_names]
+
+
+# --------------------------------------------------------------------------------------------------- output folder
+
+def _write_json_atomic(path: Path, obj: Any) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+    tmp.replace(path)
+
+
+def check_existing(out_dir: Path, settings: dict[str, Any], force: bool) -> None:
+    """Refuse to overwrite a shard folder made with other settings (unless --force)."""
+    path = out_dir / MANIFEST
+    if not path.is_file() or force:
+        return
+    try:
+        old = json.loads(path.read_text(encoding="utf-8")).get("settings", {})
+    except (json.JSONDecodeError, AttributeError):
+        raise PreprocessError(f"{path} exists but is not a readable manifest; use --force to overwrite it") from None
+    diff = [k for k in sorted(set(old) | set(settings)) if old.get(k) != settings.get(k)]
+    if diff:
+        changes = "; ".join(f"{k}: {old.get(k)!r} -> {settings.get(k)!r}" for k in diff)
+        raise PreprocessError(f"{out_dir} holds shards made with other settings ({changes}); use --force to "
+                              "replace them, or choose another OUTPUT_DIR")
+
+
+def _remove_stale(out_dir: Path, keep: set[str]) -> list[str]:
+    removed = []
+    for p in sorted(out_dir.iterdir()):
+        if SHARD_NAME.match(p.name) and p.name not in keep and p.is_file():
+            p.unlink()
+            removed.append(p.name)
+    return removed
+
+
+# --------------------------------------------------------------------------------------------------- the run
+
+def _read_all(corpus: Corpus, settings: Settings, workers: int, spool, progress: bool):
+    """Read every piece (in parallel, results in source order); good notes go to the spool file.
+
+    -> written [(piece index, spool offset, length, steps, notes)], skipped [{"file", "reason", "detail"}]."""
+    from tqdm import tqdm
+
+    tasks = [(str(p.path), settings.min_pitch, settings.max_pitch, settings.min_steps, settings.parser)
+             for p in corpus.pieces]
+    written, skipped = [], []
+    pool = None
+    if workers > 1 and len(tasks) > 1:
+        import multiprocessing as mp
+
+        pool = mp.Pool(min(workers, len(tasks)))
+        chunk = max(1, min(32, len(tasks) // (workers * 8)))
+        results = pool.imap(_work, tasks, chunksize=chunk)
+    else:
+        results = map(_work, tasks)
+    bar = tqdm(total=len(tasks), desc="reading MIDI", unit="file", disable=not progress, file=sys.stderr,
+               mininterval=1.0)
+    try:
+        for i, (ok, payload) in enumerate(results):
+            if ok:
+                blob, steps, n = payload
+                written.append((i, spool.tell(), len(blob), steps, n))
+                spool.write(blob)
+            else:
+                reason, detail = payload
+                skipped.append({"file": corpus.source(corpus.pieces[i]), "reason": reason, "detail": detail})
+            bar.update(1)
+    finally:
+        bar.close()
+        if pool is not None:
+            pool.terminate()
+            pool.join()
+    return written, skipped
+
+
+def preprocess(input_spec: str, out_dir: str | Path, settings: Settings | None = None, *, periods_file=None,
+               workers: int | None = None, force: bool = False, progress: bool = True) -> dict[str, Any]:
+    """Run the whole step; returns the manifest written. Raises PreprocessError (exit status in `.code`)."""
+    t0 = time.time()
+    out_dir = Path(out_dir)
+    try:
+        corpus = open_corpus(input_spec, periods_file)
+    except CorpusError as e:
+        raise PreprocessError(str(e), code=2) from None
+    settings = dataclasses.replace(settings or Settings(), periods=dict(corpus.report.get("period_overrides", {})))
+    repr_cfg = settings.validate()
+    input_name = "demo" if input_spec == "demo" else str(Path(input_spec).resolve())
+    manifest_settings = {"source": corpus.kind, "input": input_name, **dataclasses.asdict(settings)}
+    check_existing(out_dir, manifest_settings, force)
+    if not corpus.pieces:
+        what = "no .mid/.midi files under" if corpus.kind != "maestro" else "no existing MIDI file listed in"
+        raise PreprocessError(f"nothing to do: {what} {input_spec}", code=1)
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    workers = max(1, workers or os.cpu_count() or 1)
+    pieces = corpus.pieces
+    spool_path = out_dir / SPOOL
+    try:
+        with open(spool_path, "w+b") as spool:
+            written, skipped = _read_all(corpus, settings, workers, spool, progress)
+            skipped = sorted(corpus.skipped + skipped, key=lambda s: s["file"])
+            if not written:  # leave an earlier good output as it was; the report says what went wrong
+                report = _write_report(out_dir, corpus, skipped, [], [], t0)
+                raise PreprocessError(f"nothing usable in {input_spec}: all {len(pieces) + len(corpus.skipped)} "
+                                      f"files were skipped ({_counts_text(skipped)}); see {report}", code=1)
+            (out_dir / MANIFEST).unlink(missing_ok=True)  # until the new one is written, the folder is incomplete
+            sources = [corpus.source(pieces[i]) for i, *_ in written]
+            splits = assign_splits(sources, [pieces[i].split for i, *_ in written], settings.val_fraction,
+                                   settings.seed)
+            styles = sorted({pieces[i].style for i, *_ in written})
+            style_id = {s: k for k, s in enumerate(styles)}
+            listed = {p.split for p in pieces} | set(corpus.report.get("splits_listed", []))
+            present = [s for s in SPLITS if s != "test" or "test" in listed]  # train and val always
+            shard_bytes = int(settings.shard_size_mb * 2**20)
+            writers = {s: SplitWriter(out_dir, s, shard_bytes) for s in present}
+            for k in sorted(range(len(written)), key=lambda k: sources[k]):  # sorted source order in each split
+                i, offset, length, _steps, _n = written[k]
+                spool.seek(offset)
+                style = pieces[i].style
+                writers[splits[k]].add(sources[k], style, style_id[style], decode_notes(spool.read(length)))
+            shards = [e for s in present for e in writers[s].close()]
+    finally:
+        spool_path.unlink(missing_ok=True)
+
+    stale = _remove_stale(out_dir, {e["name"] for e in shards})
+    levels, level_names = style_levels(styles)
+    totals: dict[str, Any] = {}
+    for s in present:
+        mine = [e for e in shards if e["split"] == s]
+        totals[s] = {k: sum(e[k] for e in mine) for k in ("pieces", "steps", "notes")}
+        totals[s].update(shards=len(mine), bytes=sum(e["bytes"] for e in mine))
+    totals.update(files_seen=len(pieces) + len(corpus.skipped), files_skipped=len(skipped))
+    manifest = {
+        "format_version": FORMAT_VERSION,
+        "tool": f"deepj {__version__}",
+        "representation": {"min_pitch": repr_cfg.min_pitch, "max_pitch": repr_cfg.max_pitch,
+                           "steps_per_beat": STEPS_PER_BEAT, "grid": "beat-relative 16th notes"},
+        "settings": manifest_settings,
+        "styles": styles,
+        "levels": levels,
+        "level_names": level_names,
+        "shards": shards,
+        "totals": totals,
+    }
+    _write_report(out_dir, corpus, skipped, shards, styles, t0, stale)
+    _write_json_atomic(out_dir / MANIFEST, manifest)
+    return manifest
+
+
+def _counts_text(skipped: list[dict]) -> str:
+    counts = Counter(s["reason"] for s in skipped)
+    return ", ".join(f"{k} {v}" for k, v in sorted(counts.items())) or "none"
+
+
+def _write_report(out_dir: Path, corpus: Corpus, skipped: list[dict], shards: list[dict], styles: list[str],
+                  t0: float, stale: list[str] | None = None) -> Path:
+    per_style = Counter(styles[sid] for e in shards for sid in e["piece_styles"])
+    per_split = Counter()
+    for e in shards:
+        per_split[e["split"]] += e["pieces"]
+    report = {
+        "source": corpus.kind,
+        "root": str(corpus.root),
+        "files_seen": len(corpus.pieces) + len(corpus.skipped),
+        "pieces_written": sum(per_split.values()),
+        "counts": dict(sorted(Counter(s["reason"] for s in skipped).items())),
+        "skipped": skipped,
+        "pieces_per_split": {s: per_split[s] for s in SPLITS if s in per_split},
+        "pieces_per_style": dict(sorted(per_style.items())),
+        **corpus.report,
+        "stale_shards_removed": stale or [],
+        "elapsed_s": round(time.time() - t0, 2),  # the only field that differs between identical runs
+    }
+    path = out_dir / REPORT
+    _write_json_atomic(path, report)
+    return path
+
+
+def summary(manifest: dict[str, Any], out_dir: Path) -> str:
+    lines = [f"wrote {out_dir}/{MANIFEST}: {len(manifest['styles'])} styles"]
+    for split, t in manifest["totals"].items():
+        if isinstance(t, dict):
+            lines.append(f"  {split:5s} {t['pieces']:7d} pieces {t['shards']:4d} shards {t['bytes'] / 2**20:9.2f} MB "
+                         f"{t['steps']:11d} steps")
+    tot = manifest["totals"]
+    report = json.loads((out_dir / REPORT).read_text(encoding="utf-8"))
+    lines.append(f"  skipped {tot['files_skipped']} of {tot['files_seen']} files: {_counts_text(report['skipped'])}")
+    if report.get("unknown_composers"):
+        lines.append(f"  composers with no period (style other/...): {', '.join(report['unknown_composers'])}")
+    lines.append(f"  report: {out_dir / REPORT}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    d = Settings()
+    ap = argparse.ArgumentParser(prog="python -m deepj.preprocess", description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    ap.add_argument("input", help="a MIDI folder tree, a MAESTRO-style .csv, or the word demo")
+    ap.add_argument("output_dir", help="folder for the shards, manifest.json and report.json")
+    ap.add_argument("--workers", type=int, default=None, help="reader processes (default: os.cpu_count())")
+    ap.add_argument("--shard-size-mb", type=float, default=d.shard_size_mb, help="target shard size")
+    ap.add_argument("--val-fraction", type=float, default=d.val_fraction, help="share of pieces without an official "
+                    "split that go to val")
+    ap.add_argument("--seed", type=int, default=d.seed, help="seed of the train/val hash")
+    ap.add_argument("--min-steps", type=int, default=d.min_steps, help="skip pieces shorter than this many 16ths")
+    ap.add_argument("--min-pitch", type=int, default=d.min_pitch, help="lowest MIDI pitch kept (inclusive)")
+    ap.add_argument("--max-pitch", type=int, default=d.max_pitch, help="highest MIDI pitch kept (exclusive)")
+    ap.add_argument("--periods", default=None, help='JSON {"composer or slug": "period"} overriding the built-in '
+                    "composer periods of a MAESTRO CSV")
+    ap.add_argument("--parser", choices=["symusic", "pretty_midi"], default=d.parser, help="MIDI reader")
+    ap.add_argument("--force", action="store_true", help="overwrite a shard folder made with other settings")
+    args = ap.parse_args(argv)
+    settings = Settings(val_fraction=args.val_fraction, seed=args.seed, shard_size_mb=args.shard_size_mb,
+                        min_steps=args.min_steps, min_pitch=args.min_pitch, max_pitch=args.max_pitch,
+                        parser=args.parser)
+    try:
+        manifest = preprocess(args.input, args.output_dir, settings, periods_file=args.periods,
+                              workers=args.workers, force=args.force)
+    except PreprocessError as e:
+        print(f"preprocess: error: {e}", file=sys.stderr)
+        return e.code
+    print(summary(manifest, Path(args.output_dir)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
