@@ -97,3 +97,30 @@ class DDPEngine:
         self.scheduler.load_state_dict(state["scheduler"])
         if state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
+
+
+def lstm_compute_dtypes(module: nn.Module, device: torch.device, precision: Precision, num_styles: int,
+                        num_notes: int) -> set[torch.dtype]:
+    """The dtypes the model's LSTMs actually compute in under `precision` (pitfall 15), from one tiny forward.
+
+    Autocast decides per op: on CPU, bf16 autocast runs LSTMs in bf16; on CUDA, ATen's autocast casts cuDNN RNNs to
+    float16 even under bf16 autocast, so a bf16 run there gets fp16 LSTMs (without a GradScaler). Training prints
+    what this returns, so a run states what its precision setting really does.
+    """
+    seen: set[torch.dtype] = set()
+    hooks = [m.register_forward_hook(lambda _m, _i, out: seen.add(out[0].dtype))
+             for m in module.modules() if isinstance(m, nn.LSTM)]
+    dtype = autocast_dtype(precision)
+    notes = torch.zeros(1, 2, num_notes, 3, device=device)  # (B, T, N, 3)
+    beat = torch.zeros(1, 2, dtype=torch.long, device=device)
+    style = torch.zeros(1, num_styles, device=device)
+    was_training = module.training
+    module.eval()
+    try:
+        with torch.no_grad(), torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+            module(notes, notes, beat, style)
+    finally:
+        module.train(was_training)
+        for h in hooks:
+            h.remove()
+    return seen

@@ -133,6 +133,14 @@ def main(argv=None) -> int:
         engine = DDPEngine(model, optimizer, scheduler, device=info.device, distributed=info.distributed,
                            accumulation=accumulation, precision=cfg.train.precision, grad_clip=cfg.optim.grad_clip)
 
+    if cfg.train.backend == "ddp":
+        from deepj.engine import autocast_dtype, lstm_compute_dtypes
+
+        lstm = lstm_compute_dtypes(model, info.device, cfg.train.precision, cfg.model.num_styles, cfg.model.num_notes)
+        wanted = autocast_dtype(cfg.train.precision) or torch.float32
+        print0(f"precision {cfg.train.precision}: LSTMs compute in {', '.join(sorted(str(d) for d in lstm))}"
+               + ("" if lstm == {wanted} else f" (not {wanted}: {info.device.type} autocast decides per op)"))
+
     # ------------------------------------------------------------------ resume
     step = 0
     corpus = manifest_hash(manifest)

@@ -166,3 +166,26 @@ def test_shipped_configs_load(name):
 
     cfg = config.load(TrainConfig, f"configs/{name}.toml")
     assert cfg.train.global_batch % cfg.train.micro_batch == 0
+
+
+def test_lstm_compute_dtype_probe_on_cpu():
+    """Pitfall 15, CPU side: the probe reports what the LSTMs really compute in under each precision setting."""
+    from deepj.engine import lstm_compute_dtypes
+
+    model = DeepJ(TINY)
+    cpu = torch.device("cpu")
+    assert lstm_compute_dtypes(model, cpu, "fp32", TINY.num_styles, TINY.num_notes) == {torch.float32}
+    assert lstm_compute_dtypes(model, cpu, "bf16", TINY.num_styles, TINY.num_notes) == {torch.bfloat16}
+    assert model.training  # the probe restores the mode
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_lstm_compute_dtype_probe_on_cuda():
+    """Pitfall 15 on CUDA: fp16 autocast runs the cuDNN LSTMs in fp16; record what bf16 autocast really does."""
+    from deepj.engine import lstm_compute_dtypes
+
+    model = DeepJ(TINY).cuda()
+    dev = torch.device("cuda")
+    assert lstm_compute_dtypes(model, dev, "fp16", TINY.num_styles, TINY.num_notes) == {torch.float16}
+    assert lstm_compute_dtypes(model, dev, "bf16", TINY.num_styles, TINY.num_notes) <= {torch.float16, torch.bfloat16}
