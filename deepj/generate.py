@@ -56,6 +56,8 @@ def parse_args(argv=None):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    if args.device == "cpu":
+        torch.set_num_threads(1)  # sampling runs N tiny note-steps per step: threads cost more than they give
     try:
         model, shared, ckpt = load_for_inference(args.checkpoint, args.device)
         style = style_vector(args.style, shared["styles"], shared["levels"])
