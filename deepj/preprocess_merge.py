@@ -1,0 +1,358 @@
+"""Preprocess a large corpus in slices (a Slurm array, slurm/preprocess.sbatch) and merge them into one shard folder.
+
+    python -m deepj.preprocess_merge slice INPUT WORK --index I --count K [preprocess options ...]
+    python -m deepj.preprocess_merge slice INPUT WORK --index I --list FILES.txt [preprocess options ...]
+    python -m deepj.preprocess_merge merge WORK OUTPUT_DIR [--remove-slices]
+
+`slice` takes every K-th MIDI file of INPUT (sorted source names, starting at I), or the source names listed in a
+file, and mirrors them as symlinks under WORK/slice-NNNN/input: the same relative paths, so every piece keeps its
+source name, its style (the folder path) and its hash-assigned split; for a MAESTRO CSV the slice gets the CSV's
+rows for its files (official splits kept) and links to them. It then runs deepj.preprocess (the CLI, in-process) into
+WORK/slice-NNNN/shards and writes WORK/slice-NNNN/DONE. A slice in which no file is usable is a result, not an error
+(preprocess exit 1: its report still counts the skipped files).
+
+`merge` checks that every slice is DONE and that all were made with the same settings, then writes OUTPUT_DIR:
+- shards renamed `{split}-NNNNNN.tar` in (split, slice, shard) order, so names stay unique;
+- one style vocabulary: the sorted union of the slices' styles, with `levels`/`level_names` recomputed;
+- style ids remapped. A slice numbers its styles within its own vocabulary, and the id is stored twice: in the
+  manifest's `piece_styles` and in each sample's json `style_id`. The loader uses `piece_styles` but also checks that
+  each sample's json agrees with it (deepj/data.py refuses a shard where they differ), so remapping the manifest
+  alone is not enough: a shard whose ids change is rewritten with the new `style_id` (WebDataset's TarWriter with a
+  fixed mtime, as deepj.shards.SplitWriter writes it; identical bytes when nothing changes) and gets a new sha256;
+  a shard whose ids are unchanged is hard-linked (or copied);
+- totals and report.json summed over the slices (report.json also lists the slices). The manifest is written last.
+The merged folder holds the same pieces, styles and splits as one preprocess run over INPUT, packed into different
+shards; one difference: preprocess moves the smallest-hash piece to val when a run would otherwise have no val
+piece, which a small slice can trigger for one of its pieces.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import shutil
+import sys
+from pathlib import Path
+from typing import Any
+
+from deepj import __version__
+from deepj.shards import FORMAT_VERSION, MANIFEST, META_KEY, NOTES_KEY, REPORT, ShardError, read_manifest, sha256_file
+
+DONE = "DONE"
+SPLITS = ("train", "val", "test")
+
+
+class MergeError(Exception):
+    """Slices that cannot be merged (missing, unfinished, made with other settings); the message names the slice."""
+
+
+def slice_dir(work: Path, index: int) -> Path:
+    return Path(work) / f"slice-{index:04d}"
+
+
+# ------------------------------------------------------------------------------------------------------------ slice
+
+def _select(names: list[str], index: int | None, count: int | None, listed: set[str] | None) -> list[str]:
+    if listed is not None:
+        return [n for n in names if n in listed]
+    return names[index::count]
+
+
+def _link(src: Path, dst: Path) -> None:
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    os.symlink(os.path.abspath(src), dst)
+
+
+def make_slice_input(input_spec: str, dst: Path, *, index: int | None = None, count: int | None = None,
+                     listed: set[str] | None = None) -> int:
+    """Mirror this slice's files under `dst` (emptied first); returns how many files (or CSV rows) it holds."""
+    from deepj.corpus.folder import iter_midi_paths
+
+    src = Path(input_spec)
+    if dst.exists():
+        shutil.rmtree(dst)
+    dst.mkdir(parents=True)
+    if src.is_dir():
+        files = {Path(os.path.relpath(p, src)).as_posix(): p for p, _ in iter_midi_paths(src)}
+        chosen = _select(sorted(files), index, count, listed)
+        for name in chosen:
+            _link(files[name], dst / name)
+        return len(chosen)
+    if src.suffix.lower() == ".csv" and src.is_file():
+        with open(src, newline="", encoding="utf-8-sig") as f:
+            reader = csv.DictReader(f)
+            fields, rows = reader.fieldnames or [], list(reader)
+        if "midi_filename" not in fields:
+            raise MergeError(f"{src}: no midi_filename column (a MAESTRO-style CSV is needed)")
+        by_name: dict[str, list[dict]] = {}
+        for row in rows:
+            by_name.setdefault((row.get("midi_filename") or "").strip(), []).append(row)
+        chosen = _select(sorted(by_name), index, count, listed)
+        with open(dst / src.name, "w", newline="", encoding="utf-8") as f:
+            w = csv.DictWriter(f, fieldnames=fields)
+            w.writeheader()
+            for name in chosen:
+                if Path(name).is_absolute() or ".." in Path(name).parts:
+                    raise MergeError(f"{src}: midi_filename {name!r} leaves the CSV's folder; slicing needs paths "
+                                     "relative to the CSV")
+                w.writerows(by_name[name])  # a duplicated row stays duplicated: preprocess reports it
+                if name and (src.parent / name).exists():
+                    _link(src.parent / name, dst / name)
+        return len(chosen)
+    raise MergeError(f"{input_spec}: slicing needs a MIDI folder or a MAESTRO .csv (not the demo corpus)")
+
+
+def run_slice(input_spec: str, work: Path, *, index: int, count: int | None, list_file: str | None,
+              preprocess_args: list[str]) -> int:
+    from deepj import preprocess
+
+    if list_file is None and (count is None or not 0 <= index < count):
+        raise MergeError(f"--index {index} --count {count}: need 0 <= index < count (or --list FILE)")
+    listed = None
+    if list_file is not None:
+        listed = {line.strip() for line in Path(list_file).read_text().splitlines() if line.strip()}
+    here = slice_dir(work, index)
+    for other in sorted(Path(work).glob(f"slice-*/{DONE}")):  # a rerun task must slice as its siblings did
+        theirs = json.loads(other.read_text())
+        if other.parent != here and (theirs["count"], theirs["list"] is None) != (count, list_file is None):
+            raise MergeError(f"{other.parent} was cut with --count {theirs['count']} (list {theirs['list']}), this "
+                             f"slice with --count {count} (list {list_file}); rerun with the same count "
+                             "(slurm/preprocess.sbatch: DEEPJ_SLICES=K)")
+    (here / DONE).unlink(missing_ok=True)
+    n = make_slice_input(input_spec, here / "input", index=index, count=count, listed=listed)
+    inp = here / "input"
+    if Path(input_spec).suffix.lower() == ".csv":
+        inp = inp / Path(input_spec).name
+    print(f"slice {index}: {n} file(s) of {input_spec} -> {here}", flush=True)
+    rc = preprocess.main([str(inp), str(here / "shards"), *preprocess_args])
+    if rc not in (0, 1):  # 1: nothing usable in this slice, which the merge accounts for
+        return rc
+    done = {"index": index, "count": count, "list": list_file, "input": str(Path(input_spec).resolve()),
+            "files": n, "preprocess_exit": rc}
+    if not (here / "shards" / REPORT).is_file():
+        # preprocess stops before its report when a slice lists no existing file ("nothing to do"); keep what the
+        # corpus reader saw (e.g. CSV rows whose files are missing), so the merged report counts every file.
+        from deepj.corpus import CorpusError, open_corpus
+
+        try:
+            corpus = open_corpus(str(inp))
+            done["unreported"] = {"files_seen": len(corpus.pieces) + len(corpus.skipped), "skipped": corpus.skipped}
+        except CorpusError as e:
+            done["unreported"] = {"files_seen": 0, "skipped": [], "error": str(e)}
+    (here / DONE).write_text(json.dumps(done, indent=1) + "\n")
+    return 0
+
+
+# ------------------------------------------------------------------------------------------------------------ merge
+
+def _load_slices(work: Path) -> list[dict[str, Any]]:
+    dirs = sorted(p for p in Path(work).glob("slice-[0-9][0-9][0-9][0-9]") if p.is_dir())
+    if not dirs:
+        raise MergeError(f"{work} holds no slice-NNNN folders (run the slice step first)")
+    slices = []
+    for d in dirs:
+        if not (d / DONE).is_file():
+            raise MergeError(f"{d} has no {DONE}: its slice task did not finish (see its log), so nothing is merged")
+        done = json.loads((d / DONE).read_text())
+        manifest = read_manifest(d / "shards") if (d / "shards" / MANIFEST).is_file() else None
+        if manifest is None and done["preprocess_exit"] == 0:
+            raise MergeError(f"{d}/shards/{MANIFEST} is missing although preprocess succeeded there")
+        report_path = d / "shards" / REPORT
+        report = json.loads(report_path.read_text()) if report_path.is_file() else None
+        if report is None and done.get("unreported"):
+            u = done["unreported"]
+            counts: dict[str, int] = {}
+            for x in u["skipped"]:
+                counts[x["reason"]] = counts.get(x["reason"], 0) + 1
+            report = {"files_seen": u["files_seen"], "skipped": u["skipped"], "counts": counts,
+                      "pieces_per_split": {}}
+        slices.append({"dir": d, "done": done, "manifest": manifest, "report": report})
+    counts = {s["done"]["count"] for s in slices}
+    if len(counts) == 1 and None not in counts:
+        want = counts.pop()
+        have = sorted(s["done"]["index"] for s in slices)
+        if have != list(range(want)):
+            missing = sorted(set(range(want)) - set(have))
+            raise MergeError(f"{work}: slices {missing} of {want} are missing (no slice-NNNN folder)")
+    return slices
+
+
+def _check_same(slices: list[dict[str, Any]]) -> dict[str, Any]:
+    made = [s for s in slices if s["manifest"] is not None]
+    if not made:
+        raise MergeError("no slice produced any piece (every file was skipped; see the slices' report.json)")
+    first = made[0]
+    for s in made[1:]:
+        for key in ("format_version", "representation"):
+            if s["manifest"][key] != first["manifest"][key]:
+                raise MergeError(f"{s['dir']}: {key} differs from {first['dir']}'s")
+        a = {k: v for k, v in s["manifest"]["settings"].items() if k != "input"}
+        b = {k: v for k, v in first["manifest"]["settings"].items() if k != "input"}
+        if a != b:
+            diff = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
+            raise MergeError(f"{s['dir']} was preprocessed with other settings than {first['dir']} ({', '.join(diff)})")
+    inputs = {s["done"]["input"] for s in slices}
+    if len(inputs) != 1:
+        raise MergeError(f"the slices come from different inputs: {sorted(inputs)}")
+    return first["manifest"]
+
+
+def rewrite_style_ids(src: Path, dst: Path, mapping: list[int]) -> None:
+    """Copy shard `src` to `dst`, replacing each sample's json style_id s by mapping[s]; everything else unchanged."""
+    import webdataset as wds
+    from webdataset.tariterators import group_by_keys, tar_file_expander
+
+    tmp = dst.with_name(dst.name + ".tmp")
+    with open(src, "rb") as f, open(tmp, "wb") as out:
+        writer = wds.TarWriter(out, mtime=0.0)
+        for sample in group_by_keys(tar_file_expander([{"url": str(src), "stream": f}])):
+            if NOTES_KEY not in sample or META_KEY not in sample:
+                raise ShardError(f"{src}: a sample without {NOTES_KEY} and {META_KEY}")
+            meta = json.loads(sample[META_KEY])
+            meta["style_id"] = mapping[meta["style_id"]]
+            writer.write({"__key__": sample["__key__"], NOTES_KEY: sample[NOTES_KEY], META_KEY: meta})
+        writer.close()
+    tmp.replace(dst)
+
+
+def _place(src: Path, dst: Path) -> None:
+    tmp = dst.with_name(dst.name + ".tmp")
+    tmp.unlink(missing_ok=True)
+    try:
+        os.link(src, tmp)
+    except OSError:  # another file system, or links not allowed
+        shutil.copyfile(src, tmp)
+    tmp.replace(dst)
+
+
+def merge(work: str | Path, out_dir: str | Path, *, remove_slices: bool = False) -> dict[str, Any]:
+    from deepj.preprocess import SHARD_NAME, style_levels
+
+    work, out_dir = Path(work), Path(out_dir)
+    slices = _load_slices(work)
+    base = _check_same(slices)
+    made = [s for s in slices if s["manifest"] is not None]
+    styles = sorted({st for s in made for st in s["manifest"]["styles"]})
+    new_id = {st: k for k, st in enumerate(styles)}
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / MANIFEST).unlink(missing_ok=True)  # incomplete until the new manifest is written
+    present = [sp for sp in SPLITS if any(sp in s["manifest"]["totals"] for s in made)]
+    shards: list[dict[str, Any]] = []
+    rewritten = 0
+    for split in present:
+        n = 0
+        for s in made:
+            mapping = [new_id[st] for st in s["manifest"]["styles"]]
+            for entry in (e for e in s["manifest"]["shards"] if e["split"] == split):
+                name = f"{split}-{n:06d}.tar"
+                n += 1
+                src, dst = s["dir"] / "shards" / entry["name"], out_dir / name
+                new = dict(entry, name=name, piece_styles=[mapping[k] for k in entry["piece_styles"]])
+                if new["piece_styles"] == entry["piece_styles"]:
+                    _place(src, dst)
+                else:
+                    rewrite_style_ids(src, dst, mapping)
+                    rewritten += 1
+                    new["bytes"], new["sha256"] = dst.stat().st_size, sha256_file(dst)
+                shards.append(new)
+    keep = {e["name"] for e in shards}
+    for p in sorted(out_dir.iterdir()):
+        if SHARD_NAME.match(p.name) and p.name not in keep and p.is_file():
+            p.unlink()
+
+    levels, level_names = style_levels(styles)
+    totals: dict[str, Any] = {}
+    for split in present:
+        mine = [e for e in shards if e["split"] == split]
+        totals[split] = {k: sum(e[k] for e in mine) for k in ("pieces", "steps", "notes")}
+        totals[split].update(shards=len(mine), bytes=sum(e["bytes"] for e in mine))
+    reports = [s["report"] for s in slices if s["report"] is not None]
+    totals["files_seen"] = sum(r["files_seen"] for r in reports)
+    totals["files_skipped"] = sum(len(r["skipped"]) for r in reports)
+    settings = dict(base["settings"], input=slices[0]["done"]["input"])
+    manifest = {"format_version": FORMAT_VERSION, "tool": f"deepj {__version__}",
+                "representation": base["representation"], "settings": settings, "styles": styles, "levels": levels,
+                "level_names": level_names, "shards": shards, "totals": totals}
+    _write_report(out_dir, slices, reports, shards, styles, rewritten)
+    tmp = out_dir / (MANIFEST + ".tmp")
+    tmp.write_text(json.dumps(manifest, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+    tmp.replace(out_dir / MANIFEST)
+    if remove_slices:
+        shutil.rmtree(work)
+    return manifest
+
+
+def _sum_dicts(dicts: list[dict[str, int]]) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for d in dicts:
+        for k, v in d.items():
+            out[k] = out.get(k, 0) + v
+    return dict(sorted(out.items()))
+
+
+def _write_report(out_dir: Path, slices, reports, shards, styles, rewritten: int) -> None:
+    first = next((r for r in reports if "source" in r), {})  # a full report (not a "nothing to do" slice's)
+    per_style: dict[str, int] = {}
+    for e in shards:
+        for sid in e["piece_styles"]:
+            per_style[styles[sid]] = per_style.get(styles[sid], 0) + 1
+    report = {
+        "source": first.get("source"),
+        "root": slices[0]["done"]["input"],
+        "files_seen": sum(r["files_seen"] for r in reports),
+        "pieces_written": sum(e["pieces"] for e in shards),
+        "counts": _sum_dicts([r["counts"] for r in reports]),
+        "skipped": sorted((x for r in reports for x in r["skipped"]), key=lambda x: x["file"]),
+        "pieces_per_split": _sum_dicts([r["pieces_per_split"] for r in reports]),
+        "pieces_per_style": dict(sorted(per_style.items())),
+        "unknown_composers": _sum_dicts([r.get("unknown_composers", {}) for r in reports]),
+        "elapsed_s": max((r.get("elapsed_s", 0) for r in reports), default=0),  # the slices ran in parallel
+        "merged": {"slices": [{"dir": str(s["dir"]), "files": s["done"]["files"],
+                               "preprocess_exit": s["done"]["preprocess_exit"]} for s in slices],
+                   "shards_rewritten_for_style_ids": rewritten},
+    }
+    for key in ("period_overrides", "splits_listed"):
+        if key in first:
+            report[key] = first[key]
+    tmp = out_dir / (REPORT + ".tmp")
+    tmp.write_text(json.dumps(report, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+    tmp.replace(out_dir / REPORT)
+
+
+# ------------------------------------------------------------------------------------------------------------ CLI
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m deepj.preprocess_merge", description=__doc__.splitlines()[0])
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    s = sub.add_parser("slice", help="preprocess one slice of INPUT into WORK/slice-NNNN")
+    s.add_argument("input", help="a MIDI folder tree or a MAESTRO-style .csv")
+    s.add_argument("work", help="folder of the slices (e.g. OUTPUT_DIR.slices)")
+    s.add_argument("--index", type=int, required=True, help="this slice (0-based; SLURM_ARRAY_TASK_ID)")
+    s.add_argument("--count", type=int, help="number of slices: this one takes files index, index+count, ...")
+    s.add_argument("--list", dest="list_file", help="instead of --count: a file of source names, one per line")
+    m = sub.add_parser("merge", help="merge WORK's slices into OUTPUT_DIR")
+    m.add_argument("work")
+    m.add_argument("output_dir")
+    m.add_argument("--remove-slices", action="store_true", help="delete WORK after a successful merge")
+    args, rest = ap.parse_known_args(argv)
+    try:
+        if args.cmd == "slice":
+            return run_slice(args.input, Path(args.work), index=args.index, count=args.count,
+                             list_file=args.list_file, preprocess_args=[a for a in rest if a != "--"])
+        if rest:
+            ap.error(f"unrecognized arguments: {' '.join(rest)}")
+        manifest = merge(args.work, args.output_dir, remove_slices=args.remove_slices)
+    except (MergeError, ShardError, OSError) as e:
+        print(f"preprocess_merge: error: {e}", file=sys.stderr)
+        return 2
+    t = manifest["totals"]
+    print(f"merged into {args.output_dir}: {len(manifest['styles'])} styles, "
+          + ", ".join(f"{sp} {t[sp]['pieces']} pieces / {t[sp]['shards']} shards" for sp in SPLITS if sp in t)
+          + f"; {t['files_skipped']} of {t['files_seen']} files skipped", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
