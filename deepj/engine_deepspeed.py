@@ -72,9 +72,15 @@ class DeepSpeedEngine:
             self.ds.step()  # counts the micro-step; no optimizer step before the boundary
 
     def step(self) -> float:
+        # ZeRO-1/2 and DeepSpeed's fp16 optimizer record the global norm; at stage 0 the reduced gradients sit in .grad
+        # and DeepSpeed records nothing, so take the norm there before the step clears them.
+        own = None
+        if self.ds.zero_optimization_stage() == 0:
+            grads = [p.grad.detach().float().norm() for p in self.module.parameters() if p.grad is not None]
+            own = float(torch.stack(grads).norm()) if grads else 0.0
         self.ds.step()
         norm = self.ds.get_global_grad_norm()
-        return float(norm) if norm is not None else 0.0
+        return own if own is not None else float(norm) if norm is not None else 0.0
 
     def train(self) -> None:
         self.ds.train()
