@@ -136,7 +136,7 @@ class SplitWriter:
         name = f"{self.split}-{len(self.entries):06d}.tar"
         self._path = self.out_dir / name
         self._fh = open(self.out_dir / (name + ".tmp"), "wb")
-        self._writer = self._wds.TarWriter(self._fh, mtime=0.0)
+        self._writer = self._wds.TarWriter(self._fh, mtime=0)  # an int: a float mtime makes tarfile add a 1 kB pax header per member
         self._cur = {"name": name, "split": self.split, "pieces": 0, "steps": 0, "notes": 0,
                      "piece_steps": [], "piece_styles": []}
 
