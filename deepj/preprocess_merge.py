@@ -206,7 +206,7 @@ def rewrite_style_ids(src: Path, dst: Path, mapping: list[int]) -> None:
 
     tmp = dst.with_name(dst.name + ".tmp")
     with open(src, "rb") as f, open(tmp, "wb") as out:
-        writer = wds.TarWriter(out, mtime=0.0)
+        writer = wds.TarWriter(out, mtime=0)  # as SplitWriter: an int, no pax headers
         for sample in group_by_keys(tar_file_expander([{"url": str(src), "stream": f}])):
             if NOTES_KEY not in sample or META_KEY not in sample:
                 raise ShardError(f"{src}: a sample without {NOTES_KEY} and {META_KEY}")
