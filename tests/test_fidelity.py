@@ -203,3 +203,12 @@ def test_cli_end_to_end(trained_run, tiny_shards, tmp_path):
     acc.Reload()
     assert "fidelity/period/generated_accuracy" in acc.Tags()["scalars"]
     assert "fidelity/composer/confusion_generated" in acc.Tags()["images"]
+
+
+def test_evaluate_styles_delegates_to_fidelity(capsys):
+    """`python -m deepj.evaluate RUN --data DIR --styles` is the issue's spelling of the fidelity evaluation."""
+    from deepj import evaluate
+
+    with pytest.raises(SystemExit):
+        evaluate.main(["--styles", "--help"])
+    assert "deepj.fidelity" in capsys.readouterr().out
