@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -49,6 +50,15 @@ def run_cli(*args: str, timeout: int = 600, env_extra: dict | None = None, check
     if check and res.returncode != 0:
         raise AssertionError(f"{' '.join(args)} exited {res.returncode}\nstdout:\n{res.stdout[-4000:]}\nstderr:\n{res.stderr[-4000:]}")
     return res
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tests use tiny tensors: one intra-op thread avoids spin-wait stalls when other test processes share the cores."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
 
 
 @pytest.fixture(scope="session")

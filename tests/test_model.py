@@ -10,15 +10,6 @@ from deepj.config import ConfigError
 from deepj.loss import deepj_loss, play_nll_sum
 from deepj.model import DeepJ, ModelConfig
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: one intra-op thread avoids spin-wait stalls when other test processes share the cores."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 TINY = dict(num_notes=14, num_styles=3, style_dim=8, conv_filters=6, conv_kernel=5, time_hidden=16, note_hidden=12)
 
 
