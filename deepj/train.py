@@ -23,7 +23,7 @@ from deepj.config import ConfigError
 from deepj.data import StreamingLoader, validation_batches
 from deepj.dist import print0
 from deepj.loss import deepj_loss
-from deepj.metrics import RunLogger, flops_per_window, warn0
+from deepj.metrics import RunLogger, flops_per_window
 from deepj.model import DeepJ
 from deepj.optim import build_optimizer, build_scheduler
 from deepj.preempt import PREEMPTED_EXIT, StopFlag
