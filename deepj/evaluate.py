@@ -231,15 +231,15 @@ def markdown(res: dict, ckpt: Path, step: int) -> str:
             ("replay (Bernoulli NLL, where played)", res["replay_nll_per_note_step"], res["replay_nll_per_frame"]),
             ("total NLL = play + replay", res["total_nll_per_note_step"], res["total_nll_per_frame"])]
     lines = [f"# Evaluation: {res['split']} split", "",
-             f"Checkpoint `{ckpt}` (step {step}); shards `{res['data']}` (same corpus as training: "
-             f"{res['same_corpus_as_training']}); {res['mode']}, windows of {res['seq_len']} steps every "
-             f"{res['stride']}; {c['windows']} windows, {c['frames']} frames, {c['note_steps']} note-steps, "
-             f"{c['played_note_steps']} played.", "",
+             (f"Checkpoint `{ckpt}` (step {step}); shards `{res['data']}` (same corpus as training: "
+              f"{res['same_corpus_as_training']}); {res['mode']}, windows of {res['seq_len']} steps every "
+              f"{res['stride']}; {c['windows']} windows, {c['frames']} frames, {c['note_steps']} note-steps, "
+              f"{c['played_note_steps']} played."), "",
              "| term | nats / note-step | nats / frame |", "|---|---|---|"]
     lines += [f"| {name} | {fmt(a)} | {fmt(b)} |" for name, a, b in rows]
-    lines += ["", f"Replay NLL per played note-step: {fmt(res['replay_nll_per_played_note'])}. "
-              f"Volume MSE per played note-step: {fmt(res['volume_mse'])} (a squared error, not a likelihood; "
-              f"per frame: {fmt(res['volume_sq_error_per_frame'])}).", "",
+    lines += ["", (f"Replay NLL per played note-step: {fmt(res['replay_nll_per_played_note'])}. "
+                   f"Volume MSE per played note-step: {fmt(res['volume_mse'])} (a squared error, not a likelihood; "
+                   f"per frame: {fmt(res['volume_sq_error_per_frame'])})."), "",
               f"![NLL per pitch](eval-{res['split']}-per_pitch.png)", "",
               f"![NLL per beat position](eval-{res['split']}-per_beat.png)", ""]
     return "\n".join(lines)

@@ -228,7 +228,7 @@ def test_benchmark_end_to_end_on_a_jsb_slice(tmp_path):
     assert result["published"] == {"rnn_rbm": 6.27, "rnn_nade": 5.56}
     assert json.loads((run / "result.json").read_text())["test_nll"] == result["test_nll"]
     # The checkpoint is a complete, weights_only-loadable deepj checkpoint of the best model.
-    model, shared, ckpt = load_for_inference(run)
+    model, shared, _ = load_for_inference(run)
     assert model.cfg.play_only and model.cfg.num_notes == 88 and shared["representation"]["min_pitch"] == 21
     splits = read_bl2012(JSB)
     again = evaluate_pieces(model, splits["test"][:6], shared["config"]["bl2012"]["data"]["beat_period"])

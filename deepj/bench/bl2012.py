@@ -26,7 +26,8 @@ keys the crop leaves free (nothing leaves the 88 keys). The loss is the masked m
 (weights_only-loadable, the same layout as deepj.train's, so `deepj.generate.load_for_inference` reads it);
 training stops after `train.patience` epochs without improvement, at `train.max_epochs`, or after
 `train.max_minutes`. The play head's bias starts at the logit of the training key density (not 0, i.e. p = 1/2),
-which saves the first epochs from learning sparsity alone. The best model is then scored on the test pieces. The last stdout line is one JSON object.
+which saves the first epochs from learning sparsity alone. The best model is then scored on the test pieces. The last
+stdout line is one JSON object.
 """
 
 from __future__ import annotations
@@ -178,7 +179,7 @@ def epoch_crops(pieces: list[np.ndarray], seq_len: int, transpose: int, batch: i
             s = int(rng.integers(0, len(roll) - n + 1))
             k = 0
             if transpose:
-                keys = np.flatnonzero(pieces[i][max(s - 1, 0): s + n].any(0))  # keys sounding in the crop
+                keys = np.flatnonzero(roll[max(s - 1, 0): s + n].any(0))  # keys sounding in the crop
                 lo = -transpose if len(keys) == 0 else max(-transpose, -int(keys[0]))
                 hi = transpose if len(keys) == 0 else min(transpose, NUM_KEYS - 1 - int(keys[-1]))
                 k = int(rng.integers(lo, hi + 1))
@@ -267,7 +268,8 @@ def save_best(run_dir: Path, step: int, model: DeepJ, cfg: BL2012Config, dataset
         "engine": {"model": model.state_dict()}, "step": step, "world_size": 1, "manifest_hash": mat_hash,
         "config": {"model": dataclasses.asdict(cfg.model), "bl2012": config.to_dict(cfg)},
         "styles": [f"bl2012/{dataset}"], "levels": {"bl2012": [0], dataset: [0], f"bl2012/{dataset}": [0]},
-        "representation": {"min_pitch": PIANO_MIN_PITCH, "max_pitch": PIANO_MAX_PITCH, "grid": f"BL2012 {dataset} frames"},
+        "representation": {"min_pitch": PIANO_MIN_PITCH, "max_pitch": PIANO_MAX_PITCH,
+                           "grid": f"BL2012 {dataset} frames"},
         **extra,
     }
     return checkpoint.save(run_dir, step, shared, {"rng": checkpoint.rng_state()}, keep=1)
