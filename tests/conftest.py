@@ -70,3 +70,12 @@ def tiny_shards(tmp_path_factory) -> Path:
     run_cli("-m", "deepj.preprocess", str(midi), str(out), "--workers", "1", "--val-fraction", "0.2",
             "--min-steps", "16", check=True)
     return out
+
+
+@pytest.fixture(scope="session")
+def trained_run(tiny_shards, tmp_path_factory) -> Path:
+    """A debug run of 4 steps on tiny_shards with its final checkpoint, trained once per test session."""
+    run = tmp_path_factory.mktemp("trained") / "run"
+    run_cli("-m", "deepj.train", "--config", "configs/debug.toml", f"data.dir={tiny_shards}", f"run.dir={run}",
+            "train.max_steps=4", "checkpoint.every=4", "log.sample_every=0", "train.val_every=0", check=True)
+    return run

@@ -159,12 +159,6 @@ def test_cli_bad_paths_and_options(tiny_shards, tmp_path, capsys):
     assert "two style names" in capsys.readouterr().err
 
 
-@pytest.fixture(scope="module")
-def trained_run(tiny_shards, tmp_path_factory) -> Path:
-    run = tmp_path_factory.mktemp("fid") / "run"
-    run_cli("-m", "deepj.train", "--config", "configs/debug.toml", f"data.dir={tiny_shards}", f"run.dir={run}",
-            "train.max_steps=4", "checkpoint.every=4", "log.sample_every=0", "train.val_every=0", check=True)
-    return run
 
 
 @pytest.mark.slow

@@ -5,19 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import pretty_midi
-import pytest
 
 from conftest import run_cli
 from deepj.midi_io import read_midi
 from deepj.representation import ReprConfig
 
 
-@pytest.fixture(scope="module")
-def trained_run(tiny_shards, tmp_path_factory) -> Path:
-    run = tmp_path_factory.mktemp("gen") / "run"
-    run_cli("-m", "deepj.train", "--config", "configs/debug.toml", f"data.dir={tiny_shards}", f"run.dir={run}",
-            "train.max_steps=4", "checkpoint.every=4", "log.sample_every=0", "train.val_every=0", check=True)
-    return run
 
 
 def generate(run: Path, out: Path, *args: str):
