@@ -14,9 +14,14 @@ elif command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; the
   "$PY" -m pip install torch
 else
   echo "setup: no GPU found, installing the CPU build of torch"
-  # A local wheel folder (pip's find-links) may already hold the CPU build; otherwise use PyTorch's CPU index.
-  "$PY" -m pip install --no-index torch==2.13.0 2>/dev/null \
-    || "$PY" -m pip install torch --index-url https://download.pytorch.org/whl/cpu
+  # A local wheel folder (pip's find-links) may already hold the CPU build: take it without looking at any index
+  # (an index would offer PyPI's CUDA build), then its dependencies from the configured indexes. Otherwise use
+  # PyTorch's CPU index.
+  if "$PY" -m pip install -q --no-index --no-deps torch==2.13.0 2>/dev/null; then
+    "$PY" -m pip install -q torch==2.13.0
+  else
+    "$PY" -m pip install torch --index-url https://download.pytorch.org/whl/cpu
+  fi
 fi
 
 if [ "$EXTRA" = test ]; then
