@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +20,11 @@ from deepj.constants import PLAY
 from deepj.generate import load_for_inference
 from deepj.model import DeepJ, ModelConfig
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "bl2012"  # /work/shared/data/bl2012 beside the repo
+# The datasets live beside the repository (../shared/data/bl2012); a clone elsewhere finds them through
+# $DEEPJ_BL2012_DIR or the project's fixed location.
+_CANDIDATES = [Path(os.environ["DEEPJ_BL2012_DIR"])] if os.environ.get("DEEPJ_BL2012_DIR") else []
+_CANDIDATES += [Path(__file__).resolve().parents[2] / "shared" / "data" / "bl2012", Path("/work/shared/data/bl2012")]
+DATA = next((d for d in _CANDIDATES if (d / "JSB_Chorales.mat").is_file()), _CANDIDATES[0])
 JSB = DATA / "JSB_Chorales.mat"
 needs_data = pytest.mark.skipif(not JSB.is_file(), reason=f"BL2012 data not found in {DATA}")
 
