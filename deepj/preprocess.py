@@ -168,6 +168,16 @@ def _remove_stale(out_dir: Path, keep: set[str]) -> list[str]:
     return removed
 
 
+def split_totals(shards: list[dict[str, Any]], splits) -> dict[str, Any]:
+    """Manifest shard entries -> {split: pieces, steps, notes, shards, bytes} for each split given."""
+    totals: dict[str, Any] = {}
+    for split in splits:
+        mine = [e for e in shards if e["split"] == split]
+        totals[split] = {k: sum(e[k] for e in mine) for k in ("pieces", "steps", "notes")}
+        totals[split].update(shards=len(mine), bytes=sum(e["bytes"] for e in mine))
+    return totals
+
+
 # --------------------------------------------------------------------------------------------------- the run
 
 def _read_all(corpus: Corpus, settings: Settings, workers: int, spool, progress: bool):
@@ -259,11 +269,7 @@ def preprocess(input_spec: str, out_dir: str | Path, settings: Settings | None =
 
     stale = _remove_stale(out_dir, {e["name"] for e in shards})
     levels, level_names = style_levels(styles)
-    totals: dict[str, Any] = {}
-    for s in present:
-        mine = [e for e in shards if e["split"] == s]
-        totals[s] = {k: sum(e[k] for e in mine) for k in ("pieces", "steps", "notes")}
-        totals[s].update(shards=len(mine), bytes=sum(e["bytes"] for e in mine))
+    totals = split_totals(shards, present)
     totals.update(files_seen=len(pieces) + len(corpus.skipped), files_skipped=len(skipped))
     manifest = {
         "format_version": FORMAT_VERSION,

@@ -228,7 +228,7 @@ def _place(src: Path, dst: Path) -> None:
 
 
 def merge(work: str | Path, out_dir: str | Path, *, remove_slices: bool = False) -> dict[str, Any]:
-    from deepj.preprocess import SHARD_NAME, style_levels
+    from deepj.preprocess import _remove_stale, split_totals, style_levels
 
     work, out_dir = Path(work), Path(out_dir)
     slices = _load_slices(work)
@@ -257,17 +257,10 @@ def merge(work: str | Path, out_dir: str | Path, *, remove_slices: bool = False)
                     rewritten += 1
                     new["bytes"], new["sha256"] = dst.stat().st_size, sha256_file(dst)
                 shards.append(new)
-    keep = {e["name"] for e in shards}
-    for p in sorted(out_dir.iterdir()):
-        if SHARD_NAME.match(p.name) and p.name not in keep and p.is_file():
-            p.unlink()
+    _remove_stale(out_dir, {e["name"] for e in shards})
 
     levels, level_names = style_levels(styles)
-    totals: dict[str, Any] = {}
-    for split in present:
-        mine = [e for e in shards if e["split"] == split]
-        totals[split] = {k: sum(e[k] for e in mine) for k in ("pieces", "steps", "notes")}
-        totals[split].update(shards=len(mine), bytes=sum(e["bytes"] for e in mine))
+    totals = split_totals(shards, present)
     reports = [s["report"] for s in slices if s["report"] is not None]
     totals["files_seen"] = sum(r["files_seen"] for r in reports)
     totals["files_skipped"] = sum(len(r["skipped"]) for r in reports)

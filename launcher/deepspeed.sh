@@ -15,13 +15,7 @@
 # `--no_local_rank`: deepj.train reads LOCAL_RANK from the environment. train.backend=deepspeed is added unless given.
 set -euo pipefail
 
-nnodes=${DEEPJ_NNODES:-${SLURM_NNODES:-1}}
-nproc=${DEEPJ_NPROC_PER_NODE:-${SLURM_GPUS_ON_NODE:-}}
-if [ -z "$nproc" ]; then
-  nproc=$( (nvidia-smi -L 2>/dev/null || true) | grep -c '^GPU' || true)
-  [ "$nproc" -ge 1 ] 2>/dev/null || nproc=1
-fi
-py=${DEEPJ_PYTHON:-python3}
+source "$(dirname "${BASH_SOURCE[0]}")/nodes.sh"  # nnodes, nproc, py
 port=${DEEPJ_RDZV_PORT:-29500}
 
 args=()

@@ -21,13 +21,7 @@
 # the run finished ask `python -m deepj.launch status RUN_DIR`.
 set -euo pipefail
 
-nnodes=${DEEPJ_NNODES:-${SLURM_NNODES:-1}}
-nproc=${DEEPJ_NPROC_PER_NODE:-${SLURM_GPUS_ON_NODE:-}}
-if [ -z "$nproc" ]; then
-  nproc=$( (nvidia-smi -L 2>/dev/null || true) | grep -c '^GPU' || true)
-  [ "$nproc" -ge 1 ] 2>/dev/null || nproc=1
-fi
-py=${DEEPJ_PYTHON:-python3}
+source "$(dirname "${BASH_SOURCE[0]}")/nodes.sh"  # nnodes, nproc, py
 
 args=(--nnodes="$nnodes" --nproc-per-node="$nproc")
 if [ "$nnodes" -eq 1 ] && [ -z "${DEEPJ_RDZV_HOST:-}" ]; then
