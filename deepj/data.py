@@ -62,6 +62,10 @@ class DataConfig:
     shuffle_block: int = 8  # shards shuffled together; a worker holds at most ~2 blocks of decoded notes
     workers: int = 1  # DataLoader worker processes per rank (0 = in the main process)
     on_error: Literal["raise", "skip"] = "raise"  # a bad shard: raise ShardError, or report it and fill its windows
+    # Probability that a training window is conditioned on its style group - the mixture of all leaves sharing its
+    # first-level name (its period, for period/composer folders) - instead of its own leaf's one-hot. `--style
+    # baroque` asks for that mixture; without this the model never sees it in training (the paper's setting, 0).
+    group_style: float = 0.0
 
     def __post_init__(self) -> None:
         for key in ("seq_len", "stride", "shuffle_block"):
@@ -70,6 +74,8 @@ class DataConfig:
         for key in ("transpose", "workers"):
             if getattr(self, key) < 0:
                 raise ConfigError(f"data.{key} must be at least 0, got {getattr(self, key)}")
+        if not 0.0 <= self.group_style <= 1.0:
+            raise ConfigError(f"data.group_style must lie in [0, 1], got {self.group_style}")
         if self.on_error not in ("raise", "skip"):
             raise ConfigError(f"data.on_error: {self.on_error!r} is not one of 'raise', 'skip'")
 
@@ -113,6 +119,9 @@ class _Catalogue:
                                  f"{len(s['piece_steps'])} piece_steps and {len(s['piece_styles'])} piece_styles")
         steps = np.array([t for s in self.shards for t in s["piece_steps"]], dtype=np.int64)
         self.piece_style = np.array([t for s in self.shards for t in s["piece_styles"]], dtype=np.int64)
+        group = [name.split("/")[0] for name in manifest["styles"]]
+        same = np.array([[g == h for h in group] for g in group], dtype=np.float32)  # (S, S)
+        self.group_style = same / same.sum(1, keepdims=True)  # (S, S): row i = the mixture over leaf i's group
         windows = np.maximum(1, (steps - seq_len) // stride + 1)
         self.piece_first = np.concatenate([[0], np.cumsum(windows)])  # (P + 1,) first window id of each piece
         self.shard_first_piece = np.concatenate([[0], np.cumsum([s["pieces"] for s in self.shards])])
@@ -233,6 +242,7 @@ class _WindowSource:
                  augment: bool):
         self.cat, self.order, self.rcfg, self.cfg = cat, order, rcfg, cfg
         self.num_styles, self.transpose = num_styles, cfg.transpose if augment else 0
+        self.group_prob = cfg.group_style if augment else 0.0  # training windows only; validation keeps the leaf
         self.blocks: OrderedDict[int, dict[int, Any]] = OrderedDict()  # block -> {piece: bytes | _Piece}
         self.bad: dict[int, str] = {}  # shard index -> reason
         self.unreported: list[str] = []
@@ -360,6 +370,11 @@ class _WindowSource:
         beat = (start[:, None] + np.arange(length)[None, :]) % STEPS_PER_BAR  # (B, L): beat of target step t
         style = torch.zeros((n_win, self.num_styles))
         style[torch.arange(n_win), torch.from_numpy(self.cat.piece_style[piece])] = 1.0
+        if self.group_prob > 0:
+            # A pure function of the window (like its transposition), so a resumed run draws the same.
+            u = (_window_hash(self.order.seed, self.order.epoch, wids, salt=2) >> np.uint64(11)) / float(2**53)
+            grouped = u < self.group_prob  # (B,)
+            style[grouped] = torch.from_numpy(self.cat.group_style[self.cat.piece_style[piece[grouped]]])
         out = {"notes": notes, "beat": torch.from_numpy(beat), "style": style,
                "window": torch.from_numpy(np.stack([piece, start, shifts], axis=1))}
         if self.unreported:
@@ -437,7 +452,8 @@ class StreamingLoader:
 
     Batch: `notes` (B, L+1, N, 3) float32 = steps [s-1, s+L) of each window (row 0 zeros when s == 0), `prev` =
     notes[:, :-1] and `target` = notes[:, 1:] (views), `beat` (B, L) int64 = (s + t) % 16 of target step t, `style`
-    (B, S) float32 one-hot, `window` (B, 3) int64 = (piece index in the split, start step, transposition).
+    (B, S) float32 one-hot (with `data.group_style` and augment, some rows are their style group's mixture),
+    `window` (B, 3) int64 = (piece index in the split, start step, transposition).
     """
 
     def __init__(self, cfg: DataConfig, split: str = "train", *, micro_batch: int, global_batch: int, rank: int = 0,

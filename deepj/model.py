@@ -35,6 +35,25 @@ from deepj.constants import NUM_CHANNELS, PITCH_CLASSES, PLAY, STEPS_PER_BAR
 LSTMState = list[tuple[Tensor, Tensor]]
 
 
+def dropout(x: Tensor, p: float, training: bool) -> Tensor:
+    """`F.dropout`, with masks drawn from 16-bit random integers on CPU.
+
+    On CPU, `F.dropout`'s per-element Bernoulli draws took 27% of a bf16 training step of the demo model (10 masks
+    over (B, T, N, F) tensors per pass); four 16-bit draws per 64-bit random integer cost a tenth of that. The drop
+    rate becomes round(p * 65536) / 65536 (within 1e-5 of p) and the kept values are scaled by the exact inverse of
+    the keep rate, so the expectation is unchanged. Other devices use `F.dropout`.
+    """
+    if not training or p == 0.0:
+        return x
+    if x.device.type != "cpu":
+        return F.dropout(x, p, True)
+    n = x.numel()
+    bits = torch.empty((n + 3) // 4, dtype=torch.int64).random_(-(2**63), None)  # uniform over all 64 bits
+    cut = round(p * 65536)  # drop the `cut` smallest of the 65536 int16 values
+    keep = bits.view(torch.int16)[:n].view(x.shape) >= cut - 32768
+    return x * (keep.to(x.dtype) * (65536 / (65536 - cut)))  # one pass over x, forward and backward
+
+
 @dataclass
 class ModelConfig:
     num_notes: int = 48  # N, filled from the data's pitch range by training
@@ -137,14 +156,14 @@ class DeepJ(nn.Module):
         b, t, n, _ = prev.shape
         if n != cfg.num_notes:
             raise ValueError(f"deepj.model: input has {n} notes, the model has model.num_notes={cfg.num_notes}")
-        prev = F.dropout(prev * self.channel_keep, cfg.input_dropout, self.training)  # (B, T, N, 3)
+        prev = dropout(prev * self.channel_keep, cfg.input_dropout, self.training)  # (B, T, N, 3)
         beat_1h = F.one_hot(beat, STEPS_PER_BAR).to(prev.dtype)  # (B, T, 16)
-        beat_1h = F.dropout(beat_1h, cfg.input_dropout, self.training)
+        beat_1h = dropout(beat_1h, cfg.input_dropout, self.training)
 
         x = prev.reshape(b * t, n, NUM_CHANNELS).transpose(1, 2)  # (B*T, 3, N): channels first for Conv1d
         x = self.conv(F.pad(x, self.conv_pad))  # (B*T, filters, N)
         conv = x.transpose(1, 2).reshape(b, t, n, cfg.conv_filters)  # (B, T, N, filters)
-        conv = F.dropout(torch.tanh(conv), cfg.dropout, self.training)
+        conv = dropout(torch.tanh(conv), cfg.dropout, self.training)
         dtype = conv.dtype  # under autocast the conv may run in bf16/fp16; build the rest in the same dtype
 
         pos = self.pitch_pos.to(dtype).view(1, 1, n, 1).expand(b, t, n, 1)  # (B, T, N, 1)
@@ -167,11 +186,11 @@ class DeepJ(nn.Module):
             s = torch.tanh(proj(style_emb)).view(b, 1, 1, width)  # (B, 1, 1, F_l): broadcast over notes and time
             # Dropout after the broadcast, as the original (Dense -> RepeatVector -> tanh -> Dropout): a fresh mask per
             # note and step. In eval mode this stays a broadcast view.
-            s = F.dropout(s.expand(b, n, t, width), self.cfg.dropout, self.training)  # (B, N, T, F_l)
+            s = dropout(s.expand(b, n, t, width), self.cfg.dropout, self.training)  # (B, N, T, F_l)
             x = x + s.reshape(b * n, t, width)  # (B*N, T, F_l)
             x, st = lstm(x, None if state is None else state[layer])  # (B*N, T, H)
             new_state.append(st)
-            x = F.dropout(x, self.cfg.dropout, self.training)
+            x = dropout(x, self.cfg.dropout, self.training)
         return x.view(b, n, t, -1).transpose(1, 2), new_state  # (B, T, N, H)
 
     def time_step(
@@ -194,17 +213,17 @@ class DeepJ(nn.Module):
         """
         cfg = self.cfg
         b, t, n, _ = h.shape
-        lower = F.dropout(lower * self.channel_keep, cfg.input_dropout, self.training)  # (B, T, N, 3)
+        lower = dropout(lower * self.channel_keep, cfg.input_dropout, self.training)  # (B, T, N, 3)
         x = torch.cat([h, lower.to(h.dtype)], dim=-1).reshape(b * t, n, -1)  # (B*T, N, H_time + 3): a sequence per step
         new_state: LSTMState = []
         for layer, (proj, lstm) in enumerate(zip(self.note_style, self.note_lstm)):
             width = x.shape[-1]
             s = torch.tanh(proj(style_emb)).view(b, 1, 1, width)  # (B, 1, 1, F_l): broadcast over time and notes
-            s = F.dropout(s.expand(b, t, n, width), cfg.dropout, self.training)  # (B, T, N, F_l)
+            s = dropout(s.expand(b, t, n, width), cfg.dropout, self.training)  # (B, T, N, F_l)
             x = x + s.reshape(b * t, n, width)  # (B*T, N, F_l)
             x, st = lstm(x, None if state is None else state[layer])  # (B*T, N, H_note)
             new_state.append(st)
-            x = F.dropout(x, cfg.dropout, self.training)
+            x = dropout(x, cfg.dropout, self.training)
         out = self.head(x).view(b, t, n, NUM_CHANNELS)  # (B, T, N, 3)
         if cfg.bounded_volume:
             out = torch.cat([out[..., :2], torch.sigmoid(out[..., 2:])], dim=-1)

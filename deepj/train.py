@@ -22,6 +22,7 @@ from deepj import checkpoint, config, dist
 from deepj.config import ConfigError
 from deepj.data import StreamingLoader, validation_batches
 from deepj.dist import print0
+from deepj.engine import resolve_precision
 from deepj.loss import deepj_loss
 from deepj.metrics import RunLogger, flops_per_window
 from deepj.model import DeepJ
@@ -105,6 +106,7 @@ def main(argv=None) -> int:
     repr_ = manifest["representation"]
     cfg.model = dataclasses.replace(cfg.model, num_notes=repr_["max_pitch"] - repr_["min_pitch"],
                                     num_styles=len(manifest["styles"]))
+    cfg.train = dataclasses.replace(cfg.train, precision=resolve_precision(cfg.train.precision, info.device))
     run_dir = Path(cfg.run.dir)
     if info.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)

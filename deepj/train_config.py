@@ -28,7 +28,7 @@ class TrainLoopConfig:
     max_steps: int = 1000  # optimizer steps
     global_batch: int = 16  # windows per optimizer step over all ranks (the paper: 16)
     micro_batch: int = 16  # windows per forward/backward on one rank; accumulation = global / (micro x world)
-    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    precision: Literal["fp32", "bf16", "fp16", "auto"] = "fp32"  # auto: bf16 where the device has it natively
     backend: Literal["ddp", "deepspeed"] = "ddp"
     deepspeed_config: str = "launcher/ds_zero1.json"  # ZeRO stage etc.; batch, accumulation, precision and clipping come from this config
     val_every: int = 200  # optimizer steps between validation passes; 0 = only at the end

@@ -14,6 +14,7 @@ import psutil
 import pytest
 import torch
 
+from deepj.config import ConfigError
 from deepj.data import DataConfig, ShardError, ShardSkipped, StreamingLoader, validation_batches
 from deepj.representation import ReprConfig, notes_to_roll
 from deepj.shards import read_manifest
@@ -418,3 +419,33 @@ def test_config_errors(corpus):
         StreamingLoader(cfg_for(d), "val", micro_batch=64, global_batch=64)
     with pytest.raises(ShardError, match="manifest.json not found"):
         StreamingLoader(cfg_for(d / "nowhere"), micro_batch=4, global_batch=4)
+
+
+def test_group_style_trains_the_group_mixtures(tmp_path):
+    """data.group_style: about that share of training windows carry the mixture of their style group (period), the
+    rest their own leaf's one-hot; the choice is a function of the window (same on resume); validation stays leaf."""
+    styles = ["baroque/bach", "baroque/corelli", "baroque/handel", "folk/essen"]
+    rng = np.random.default_rng(0)
+    pieces = [(i % 4, random_piece(rng, 200)) for i in range(8)]
+    d = tmp_path / "c"
+    write_corpus(d, {"train": pieces, "val": pieces[:4]}, shard_bytes=6000, styles=styles)
+    mixture = {0: [1 / 3, 1 / 3, 1 / 3, 0], 1: [1 / 3, 1 / 3, 1 / 3, 0], 2: [1 / 3, 1 / 3, 1 / 3, 0], 3: [0, 0, 0, 1]}
+    loader = StreamingLoader(cfg_for(d, group_style=0.5), micro_batch=16, global_batch=16, seed=3)
+    batches = take(loader, 20)
+    grouped = total = 0
+    for b in batches:
+        for (piece, _, _), row in zip(b["window"].tolist(), b["style"]):
+            leaf = pieces[piece][0]
+            one_hot = torch.eye(4)[leaf]
+            group = torch.tensor(mixture[leaf])
+            assert torch.allclose(row, one_hot) or torch.allclose(row, group)
+            if leaf < 3:  # folk/essen is its group's only leaf: both are the same vector
+                total += 1
+                grouped += int(torch.allclose(row, group))
+    assert 0.4 < grouped / total < 0.6, (grouped, total)
+    again = take(StreamingLoader(cfg_for(d, group_style=0.5), micro_batch=16, global_batch=16, seed=3), 20)
+    assert all(torch.equal(a["style"], b["style"]) for a, b in zip(batches, again))
+    for b in validation_batches(cfg_for(d, group_style=1.0), micro_batch=8, rank=0, world_size=1, num_batches=2):
+        assert torch.equal(b["style"].max(1).values, torch.ones(8))  # one-hots only
+    with pytest.raises(ConfigError, match="data.group_style"):
+        cfg_for(d, group_style=1.5)

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 from deepj.config import ConfigError
 from deepj.loss import deepj_loss, play_nll_sum
-from deepj.model import DeepJ, ModelConfig
+from deepj.model import DeepJ, ModelConfig, dropout
 
 TINY = dict(num_notes=14, num_styles=3, style_dim=8, conv_filters=6, conv_kernel=5, time_hidden=16, note_hidden=12)
 
@@ -167,6 +167,27 @@ def test_dropout_only_in_training():
     assert torch.equal(m(prev, target, beat, style), m(prev, target, beat, style))
     m.train()
     assert not torch.equal(m(prev, target, beat, style), m(prev, target, beat, style))
+
+
+@pytest.mark.parametrize("p", [0.1, 0.2, 0.5])
+def test_cpu_dropout_rate_scale_and_gradient(p):
+    """The CPU dropout's own masks: drop rate p, kept values scaled by 1 / (1 - p), gradient through the same mask,
+    seeded by torch's generator, and a fresh mask per element of a broadcast (expanded) input."""
+    x = torch.full((1_000_000,), 2.0, requires_grad=True)
+    torch.manual_seed(0)
+    y = dropout(x, p, True)
+    dropped = y == 0
+    assert abs(dropped.float().mean().item() - p) < 0.003  # binomial sd over 1e6 draws is < 5e-4
+    torch.testing.assert_close(y[~dropped], torch.full_like(y[~dropped], 2.0 / (1 - p)), rtol=1e-4, atol=0)
+    y.sum().backward()
+    assert torch.equal(x.grad == 0, dropped)
+    torch.manual_seed(0)
+    assert torch.equal(dropout(x, p, True), y)
+    assert not torch.equal(dropout(x, p, True), y)
+    rows = torch.ones(7, 1).expand(7, 5000)  # (7, 5000) view of 7 values
+    frac = (dropout(rows, p, True) == 0).float().mean(1)  # (7,): a mask shared along the view would give 0 or 1
+    assert ((frac > 0) & (frac < 1)).all()
+    assert dropout(x, p, False) is x and dropout(x, 0.0, True) is x
 
 
 def test_forward_equals_step_by_step():

@@ -156,6 +156,22 @@ def test_missing_data_dir_is_clear(tmp_path):
     assert "manifest.json" in res.stdout and "deepj.preprocess" in res.stdout
 
 
+def test_precision_auto_is_resolved_and_saved(tiny_shards, tmp_path):
+    """train.precision=auto becomes bf16 where this CPU has native bf16 (oneDNN's check), else fp32, and the run
+    folder's config.toml (which generate and resume read) holds the resolved value, never "auto"."""
+    from deepj.engine import resolve_precision
+
+    cpu = torch.device("cpu")
+    native = torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    assert resolve_precision("auto", cpu) == ("bf16" if native else "fp32")
+    assert [resolve_precision(p, cpu) for p in ("fp32", "bf16", "fp16")] == ["fp32", "bf16", "fp16"]
+    res = run_cli("-m", "deepj.train", "--config", "configs/debug.toml", f"data.dir={tiny_shards}",
+                  f"run.dir={tmp_path}", "train.precision=auto", "train.max_steps=2", "log.sample_every=0")
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
+    saved = (tmp_path / "config.toml").read_text()
+    assert f'precision = "{resolve_precision("auto", cpu)}"' in saved and 'precision = "auto"' not in saved
+
+
 @pytest.mark.parametrize("name", ["debug", "demo", "paper"])
 def test_shipped_configs_load(name):
     """Every shipped config is valid against the code (litgpt's habit)."""
