@@ -7,7 +7,9 @@ style it was asked for? `python -m deepj.fidelity RUN_OR_CHECKPOINT --data SHARD
 2. A small classifier (standardised musical features -> MLP, `StyleClassifier`) is fitted per level: periods (the
    first level of the style tree) and composers (the leaf styles).
 3. For each style the run's model generates N pieces of W steps (`deepj.sampling.generate`); the classifier's
-   accuracy on them against chance (1 / classes) is the fidelity. With `--blend A,B`, pieces for w*A + (1-w)*B,
+   accuracy on them against chance (1 / classes) is the fidelity. With `--lead-bars L` each piece is L + W/16 bars
+   long and the classifier sees its last W steps: the music after the opening, which a generated piece starts from
+   silence and the model has learned least. With `--blend A,B`, pieces for w*A + (1-w)*B,
    w in {0, .25, .5, .75, 1}, give the classifier's P(A) as a function of w. A diagnostic beside it
    (`shift_corrected`) classifies the generated pieces again after removing the feature offset they all share.
 4. Music statistics (`deepj.musicstats`) per style, generated vs held-out real, and a listening page
@@ -303,17 +305,18 @@ def shift_corrected(x_gen: np.ndarray, y_gen: np.ndarray, x_real: np.ndarray, y_
 
 # ------------------------------------------------------------------------------------------------ generation
 def generate_rolls(model, vectors: torch.Tensor, num: int, steps: int, *, temperature: float, seed: int,
-                   device: str, chunk: int = 128) -> np.ndarray:
-    """(K, S) style vectors -> (K, num, steps, N, 3) rolls: `num` pieces per vector, generated in batches."""
+                   device: str, lead: int = 0, chunk: int = 128) -> np.ndarray:
+    """(K, S) style vectors -> (K, num, steps, N, 3) rolls: `num` pieces per vector, generated in batches; each
+    piece is `lead` + `steps` steps long and the last `steps` are returned."""
     from deepj.sampling import SampleConfig, generate
 
     style = vectors.repeat_interleave(num, dim=0)  # (K * num, S)
     gen = torch.Generator(device=device).manual_seed(seed)
-    cfg = SampleConfig(steps=steps, temperature=temperature)
+    cfg = SampleConfig(steps=lead + steps, temperature=temperature)
     # One CPU thread: sampling is a long chain of small ops; on a shared 2-core machine a second thread made it
     # ~100x slower (261 s against 1.8 s for 32 pieces), and alone it gains little.
     with one_thread() if device == "cpu" else nullcontext():
-        rolls = [generate(model, style[i : i + chunk].to(device), cfg, gen).numpy()
+        rolls = [generate(model, style[i : i + chunk].to(device), cfg, gen)[:, lead:].numpy()
                  for i in range(0, len(style), chunk)]
     out = np.concatenate(rolls)
     return out.reshape(len(vectors), num, *out.shape[1:])
@@ -354,15 +357,16 @@ def check_compatible(shared: dict, manifest: dict, data_dir) -> None:
 def run_fidelity(path: str | Path, data_dir: str | Path, *, levels=("period",), num: int = 20, bars: int = 0,
                  seed: int = 0, blend: tuple[str, str] | None = None, out: str | Path | None = None,
                  temperature: float = 1.0, max_windows: int = 1500, listen: int = 2, audio: bool = True,
-                 device: str = "cpu", log=print) -> dict:
+                 lead_bars: int = 0, device: str = "cpu", log=print) -> dict:
     """The whole evaluation (see the module docstring); writes the report files and returns the report dict."""
     from deepj import musicstats
     from deepj.generate import load_for_inference
     from deepj.listening import write_report
 
     t0 = time.time()
-    if num < 1 or bars < 0 or max_windows < 1 or listen < 0:
-        raise FidelityError("--num and --max-windows must be >= 1, --bars and --listen >= 0")
+    if num < 1 or bars < 0 or max_windows < 1 or listen < 0 or lead_bars < 0:
+        raise FidelityError("--num and --max-windows must be >= 1, --bars, --lead-bars and --listen >= 0")
+    lead = lead_bars * STEPS_PER_BAR
     manifest = read_manifest(data_dir)
     model, shared, ckpt = load_for_inference(path, device)
     check_compatible(shared, manifest, data_dir)
@@ -371,8 +375,9 @@ def run_fidelity(path: str | Path, data_dir: str | Path, *, levels=("period",), 
     bars = bars or max(1, int(data_cfg.get("seq_len", 64)) // STEPS_PER_BAR)
     window = bars * STEPS_PER_BAR
     transpose = int(data_cfg.get("transpose", 0))
-    log(f"{ckpt} (step {shared['step']}): windows of {bars} bars; classifier training windows transposed up to "
-        f"+-{transpose} semitones as in training")
+    log(f"{ckpt} (step {shared['step']}): windows of {bars} bars"
+        + (f" (generated: the last {bars} of {lead_bars + bars} bars)" if lead_bars else "")
+        + f"; classifier training windows transposed up to +-{transpose} semitones as in training")
 
     train = real_windows(data_dir, "train", window, transpose=transpose, max_per_style=max_windows, seed=seed)
     val = real_windows(data_dir, "val", window, transpose=0, max_per_style=max_windows, seed=seed)
@@ -380,7 +385,7 @@ def run_fidelity(path: str | Path, data_dir: str | Path, *, levels=("period",), 
         f"val {len(val.style)} ({time.time() - t0:.0f} s)")
     styles = manifest["styles"]
     report = {"checkpoint": str(ckpt), "step": int(shared["step"]), "data": str(data_dir), "bars": bars,
-              "window_steps": window, "num": num, "seed": seed, "temperature": temperature,
+              "window_steps": window, "lead_bars": lead_bars, "num": num, "seed": seed, "temperature": temperature,
               "train_transpose": transpose, "styles": list(styles), "pitch_range": [rcfg.min_pitch, rcfg.max_pitch],
               "real_windows": {"train": len(train.style), "val": len(val.style), "train_short": train.short,
                                "val_short": val.short}, "levels": {}}
@@ -399,7 +404,8 @@ def run_fidelity(path: str | Path, data_dir: str | Path, *, levels=("period",), 
         names = [c for c in classes if c in shared["levels"]]
         vectors = torch.stack([style_vector([c], shared["styles"], shared["levels"]) for c in names])
         t1 = time.time()
-        rolls = generate_rolls(model, vectors, num, window, temperature=temperature, seed=seed, device=device)
+        rolls = generate_rolls(model, vectors, num, window, temperature=temperature, seed=seed, device=device,
+                               lead=lead)
         gen_s = time.time() - t1
         x = np.stack([window_features(r, rcfg) for r in rolls.reshape(-1, *rolls.shape[2:])])
         true = np.repeat([classes.index(c) for c in names], num)
@@ -436,7 +442,8 @@ def run_fidelity(path: str | Path, data_dir: str | Path, *, levels=("period",), 
         ia, ib = clf.classes.index(a), clf.classes.index(b)
         vectors = torch.stack([style_vector([f"{a}={w}", f"{b}={1 - w}"], shared["styles"], shared["levels"])
                                for w in BLEND_WEIGHTS])
-        rolls = generate_rolls(model, vectors, num, window, temperature=temperature, seed=seed + 1, device=device)
+        rolls = generate_rolls(model, vectors, num, window, temperature=temperature, seed=seed + 1, device=device,
+                               lead=lead)
         rows = []
         for w, rs in zip(BLEND_WEIGHTS, rolls):
             p = clf.predict_proba(np.stack([window_features(r, rcfg) for r in rs]))
@@ -468,6 +475,8 @@ def parse_args(argv=None):
     p.add_argument("--blend", metavar="A,B", help="two periods (or two composers): P(A) against the blend weight")
     p.add_argument("--out", help="output folder (default: <run>/eval)")
     p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--lead-bars", type=int, default=0,
+                   help="generate this many bars more and classify the last window of each piece (0: from its start)")
     p.add_argument("--max-windows", type=int, default=1500, help="real windows per leaf style and split, at most")
     p.add_argument("--listen", type=int, default=2, help="pieces per style on the listening page")
     p.add_argument("--no-audio", action="store_true", help="no WAV files, even where FluidSynth is installed")
@@ -487,7 +496,7 @@ def main(argv=None) -> int:
     try:
         run_fidelity(args.checkpoint, args.data, levels=levels, num=args.num, bars=args.bars, seed=args.seed,
                      blend=blend, out=args.out, temperature=args.temperature, max_windows=args.max_windows,
-                     listen=args.listen, audio=not args.no_audio, device=args.device)
+                     listen=args.listen, audio=not args.no_audio, lead_bars=args.lead_bars, device=args.device)
     except (checkpoint.CheckpointError, ShardError, FidelityError, StyleError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

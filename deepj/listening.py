@@ -220,12 +220,18 @@ def _style_section(level: str, style: str, lv: dict) -> str:
     return "\n".join(out)
 
 
+def _lead(report: dict) -> str:
+    """How generated pieces were cut, when they were not classified from their start (fidelity --lead-bars)."""
+    lead = report.get("lead_bars", 0)
+    return f" (generated pieces: the {report['bars']} bars after {lead} lead bars)" if lead else ""
+
+
 def write_page(out_dir: Path, report: dict) -> Path:
     """index.html in out_dir from a fidelity report (paths in it are relative to out_dir)."""
     e = html.escape
     body = [f"<h1>DeepJ: listening page</h1>",
             f'<p>Checkpoint <code>{e(report["checkpoint"])}</code> (step {report["step"]}), data '
-            f'<code>{e(report["data"])}</code>; windows and pieces of {report["bars"]} bars; {report["num"]} '
+            f'<code>{e(report["data"])}</code>; windows and pieces of {report["bars"]} bars{_lead(report)}; {report["num"]} '
             f'generated pieces per style (temperature {report["temperature"]}, seed {report["seed"]}). '
             f'<a href="fidelity.md">Report</a>, <a href="fidelity.json">JSON</a>.</p>']
     for level, lv in report["levels"].items():
@@ -265,7 +271,7 @@ def report_markdown(report: dict) -> str:
     """fidelity.md: the numbers of the page as Markdown tables, with the figures linked."""
     lines = ["# Style fidelity", "",
              f"Checkpoint `{report['checkpoint']}` (step {report['step']}), shards `{report['data']}`. Windows and "
-             f"generated pieces of {report['bars']} bars ({report['window_steps']} steps), pitches "
+             f"generated pieces of {report['bars']} bars ({report['window_steps']} steps){_lead(report)}, pitches "
              f"[{report['pitch_range'][0]}, {report['pitch_range'][1]}); {report['num']} pieces per style, temperature "
              f"{report['temperature']}, seed {report['seed']}. Real windows: {report['real_windows']['train']} train "
              f"(transposed up to +-{report['train_transpose']} as in training) to fit the classifier, "

@@ -157,6 +157,24 @@ def test_cli_bad_paths_and_options(tiny_shards, tmp_path, capsys):
     assert "does not exist" in capsys.readouterr().err
     assert fd.main([str(tmp_path / "no-run"), "--data", str(tiny_shards), "--blend", "baroque"]) == 2
     assert "two style names" in capsys.readouterr().err
+    assert fd.main([str(tmp_path / "no-run"), "--data", str(tiny_shards), "--lead-bars", "-1"]) == 2
+    assert "--lead-bars" in capsys.readouterr().err
+
+
+def test_lead_bars_classify_the_end_of_longer_pieces():
+    """generate_rolls(lead=L) returns the last W steps of the same pieces that L + W steps without a lead give."""
+    import torch
+
+    from deepj.model import DeepJ, ModelConfig
+
+    torch.manual_seed(0)
+    model = DeepJ(ModelConfig(num_notes=12, num_styles=2, style_dim=4, conv_filters=3, conv_kernel=5, time_hidden=8,
+                              note_hidden=6))
+    vectors = torch.eye(2)
+    whole = fd.generate_rolls(model, vectors, 3, 24, temperature=1.0, seed=5, device="cpu")  # (2, 3, 24, 12, 3)
+    tail = fd.generate_rolls(model, vectors, 3, 8, temperature=1.0, seed=5, device="cpu", lead=16)
+    assert tail.shape == (2, 3, 8, 12, 3) and whole[..., :, 0].sum() > 0
+    np.testing.assert_array_equal(tail, whole[:, :, 16:])
 
 
 
