@@ -419,10 +419,12 @@ class _MicroBatches(IterableDataset):
             yield source.batch(self.plan.positions(i))
 
 
-def _stream(ds: _MicroBatches, workers: int, skipped: dict[str, str]) -> Iterator[dict[str, Any]]:
+def _stream(ds: _MicroBatches, workers: int, skipped: dict[str, str],
+            pin_memory: bool = False) -> Iterator[dict[str, Any]]:
     """Run a plan in-process or with DataLoader workers; add the prev/target views; report each bad shard once."""
     workers = min(workers, ds.plan.count)
-    it = iter(ds) if workers == 0 else iter(DataLoader(ds, batch_size=None, num_workers=workers))
+    it = iter(ds) if workers == 0 else iter(DataLoader(ds, batch_size=None, num_workers=workers,
+                                                       pin_memory=pin_memory and torch.cuda.is_available()))
     try:
         for batch in it:
             for item in batch.pop("bad_shards", ()):
@@ -457,11 +459,13 @@ class StreamingLoader:
     """
 
     def __init__(self, cfg: DataConfig, split: str = "train", *, micro_batch: int, global_batch: int, rank: int = 0,
-                 world_size: int = 1, seed: int = 0, shuffle: bool = True, augment: bool = True):
+                 world_size: int = 1, seed: int = 0, shuffle: bool = True, augment: bool = True,
+                 pin_memory: bool = False):
         if micro_batch < 1 or world_size < 1 or not 0 <= rank < world_size or seed < 0:
             raise ValueError(f"need micro_batch >= 1, 0 <= rank < world_size, seed >= 0; got micro_batch={micro_batch},"
                              f" rank={rank}, world_size={world_size}, seed={seed}")
         self.cfg, self.split, self.seed, self.shuffle, self.augment = cfg, split, seed, shuffle, augment
+        self.pin_memory = pin_memory  # workers' batches land in page-locked memory: faster, asynchronous GPU copies
         self.rank, self.world_size, self.micro_batch = rank, world_size, micro_batch
         self.manifest, self.repr_cfg, self._cat = _open(cfg, split)
         self.num_styles = len(self.manifest["styles"])
@@ -510,7 +514,7 @@ class StreamingLoader:
         order = _Order(self._cat, self.seed, epoch, self.shuffle, self.cfg.shuffle_block)
         ds = _MicroBatches(self._cat, order, self.repr_cfg, self.cfg, self.num_styles, self.augment, plan)
         done = 0
-        for batch in _stream(ds, self.cfg.workers, self.skipped_shards):
+        for batch in _stream(ds, self.cfg.workers, self.skipped_shards, self.pin_memory):
             if generation != self._generation:
                 raise RuntimeError("this loader iterator was superseded by a newer iter() or load_state_dict()")
             done += 1

@@ -55,6 +55,7 @@ def progress_line(step: int, max_steps: int, scalars: dict[str, float], eta_s: f
         f"lr {scalars.get('train/lr', 0):.2e}",
         f"gnorm {scalars.get('train/grad_norm', 0):.2f}",
         f"{scalars.get('perf/windows_per_s', 0):.0f} win/s",
+        f"data wait {100 * scalars.get('perf/data_wait_frac', 0):.1f}%",
         f"ETA {format_eta(eta_s)}",
     ]
     return " | ".join(parts)

@@ -41,7 +41,10 @@ def parse_args(argv=None):
 
 
 def to_device(batch: dict, device: torch.device) -> dict:
-    return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+    """What the step reads, with `notes` copied once: prev and target are views of it on the device."""
+    notes = batch["notes"].to(device, non_blocking=True)  # (B, L+1, N, 3)
+    return {"prev": notes[:, :-1], "target": notes[:, 1:], "beat": batch["beat"].to(device, non_blocking=True),
+            "style": batch["style"].to(device, non_blocking=True)}
 
 
 def run_loss(engine, batch: dict, play_only: bool):
@@ -85,6 +88,9 @@ def main(argv=None) -> int:
     threads = cfg.run.threads or max(1, (os.cpu_count() or 1) // int(os.environ.get("LOCAL_WORLD_SIZE", info.world_size)))
     torch.set_num_threads(threads)
     if cfg.train.deterministic:
+        # cuBLAS is deterministic only with a fixed workspace, set before its first use (PyTorch's reproducibility
+        # notes); warn_only because some CUDA kernels have no deterministic version.
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         torch.use_deterministic_algorithms(True, warn_only=info.device.type == "cuda")
     torch.manual_seed(cfg.seed * 1000 + info.rank)  # dropout differs across ranks, reproducibly
     np.random.seed((cfg.seed * 1000 + info.rank) % 2**32)
@@ -99,7 +105,8 @@ def main(argv=None) -> int:
     try:
         manifest = read_manifest(cfg.data.dir)
         loader = StreamingLoader(cfg.data, "train", micro_batch=cfg.train.micro_batch, global_batch=cfg.train.global_batch,
-                                 rank=info.rank, world_size=info.world_size, seed=cfg.seed)
+                                 rank=info.rank, world_size=info.world_size, seed=cfg.seed,
+                                 pin_memory=info.device.type == "cuda")
     except (ShardError, ValueError) as e:
         print0(f"data error: {e}")
         return 2
@@ -198,13 +205,17 @@ def main(argv=None) -> int:
 
     batches = micro_batches()
     engine.train()
-    t_last, windows = time.perf_counter(), 0
+    t_last, windows, data_wait = time.perf_counter(), 0, 0.0
     acc, acc_n = torch.zeros(4, dtype=torch.float64), 0  # loss terms summed over micro-batches since the last log
     exit_code = 0
     last_saved = step
     while step < cfg.train.max_steps:
         for m in range(accumulation):
+            t_data = time.perf_counter()
             batch = to_device(next(batches), info.device)
+            # The loop waits for the device at every micro-batch (the float() of the loss below), so time spent here
+            # is time the device sits idle waiting for data.
+            data_wait += time.perf_counter() - t_data
             last = m == accumulation - 1
             with engine.no_sync() if not last else contextlib.nullcontext():
                 total, terms = run_loss(engine, batch, cfg.model.play_only)
@@ -224,6 +235,7 @@ def main(argv=None) -> int:
                 "train/lr": engine.lr(), "train/grad_norm": grad_norm, "train/epoch": loader.epoch,
                 "perf/windows_per_s": windows / dt,
                 "perf/note_steps_per_s": windows * cfg.data.seq_len * cfg.model.num_notes / dt,
+                "perf/data_wait_frac": data_wait / dt,
             })
             if info.device.type == "cuda":
                 scalars["perf/tflops_per_s_per_gpu"] = flops_window * windows / dt / info.world_size / 1e12
@@ -231,7 +243,7 @@ def main(argv=None) -> int:
             logger.scalars(step, scalars, console=True)
             acc.zero_()
             acc_n = 0
-            t_last, windows = time.perf_counter(), 0
+            t_last, windows, data_wait = time.perf_counter(), 0, 0.0
 
         if cfg.train.val_every and step % cfg.train.val_every == 0 and step < cfg.train.max_steps:
             val, stopped = validate(engine, cfg, info, stop)

@@ -99,7 +99,8 @@ def torchrun(*args: str, nproc: int = 2, timeout: int = 600, env: dict | None = 
 
 
 EXPECTED_TAGS = {"train/loss", "train/play", "train/replay", "train/volume", "train/lr", "train/grad_norm",
-                 "perf/windows_per_s", "perf/note_steps_per_s", "val/loss", "val/play", "val/replay", "val/volume"}
+                 "perf/windows_per_s", "perf/note_steps_per_s", "perf/data_wait_frac",
+                 "val/loss", "val/play", "val/replay", "val/volume"}
 
 
 def read_tb(run_dir: Path):
