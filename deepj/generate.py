@@ -48,8 +48,9 @@ def parse_args(argv=None):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", help="output folder (default: <run>/samples/<style>-seed<S>)")
     p.add_argument("--wav", action="store_true", help="also render WAV with FluidSynth")
-    p.add_argument("--mode", choices=["stateful", "window"], default="stateful",
-                   help="stateful: carry the LSTM state (linear in length); window: the paper's sliding 128-step window")
+    p.add_argument("--mode", choices=["stateful", "window", "paper"], default="stateful",
+                   help="stateful: carry the LSTM states (linear in length; a CUDA graph on CUDA); window: the paper's "
+                        "sliding 128-step time window; paper: that and the paper's O(N^2) note axis")
     p.add_argument("--device", default="cpu")
     return p.parse_args(argv)
 

@@ -8,13 +8,19 @@ sampled low -> high, each conditioned on the one just sampled below it:
 - The sampled [play, replay, volume] is the lower-neighbour input of the next note and part of the next step's
   previous notes.
 
-Two ways to run the time axis (`SampleConfig.mode`):
-- "stateful": carry the time-LSTM state from step to step: O(T) work for T steps.
-- "window": the paper's code: for each new step re-run the time axis from a zero state over the last `window`
-  previous steps (O(T * window)). The window is not padded with silent steps before the piece starts, so for
-  steps <= window both modes compute the same thing and, for one seed, give the same roll (a test checks it).
-The note axis carries the note-LSTM state from note to note within a step: O(N) per step, the same numbers as the
-paper's code, which re-ran the note axis over all N notes to sample each note (O(N^2)).
+Three ways to run the model (`SampleConfig.mode`); for one seed all three give the same roll for steps <= window (they
+draw the same random numbers in the same order; tests/test_sampling.py checks it):
+- "stateful": carry the time-LSTM state from step to step and the note-LSTM state from note to note: one time-axis
+  step and N note-axis steps per generated step. On CUDA (`cuda_graph`, default on) one whole generated step (time
+  step, the N-note loop, sampling, silence counter) is captured once as a CUDA graph and replayed for every step:
+  eagerly a step is N times a handful of tiny kernels, so kernel launches, not arithmetic, set the speed.
+- "window": for each new step re-run the time axis from a zero state over the last `window` previous steps, as the
+  paper's code did (O(T * window)); the note axis is stateful as above. The window is not padded with silent steps
+  before the piece starts, so for steps <= window it sees exactly what "stateful" carries.
+- "paper": exactly the paper's code: the time axis as "window", and for each note i the note axis re-run from a zero
+  state over all N notes, the notes not yet sampled (above i) zero, taking output i: O(N^2) note work per step. The
+  note axis is causal low -> high, so output i is that of the stateful loop (the zeros above i never reach it).
+"window" and "paper" exist to measure what carrying the state saves (python -m deepj.bench generate).
 
 Temperature applies to play and replay only. Silence rule, per piece of the batch (the original's, made per piece):
 after `silence_bars` full bars of silence the temperature rises by `silence_step` with every further silent step;
@@ -27,33 +33,39 @@ benchmarks; whoever writes MIDI from it picks a velocity.
 
 from __future__ import annotations
 
+import time
+import warnings
 from dataclasses import dataclass
 from typing import Literal
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from deepj.config import ConfigError
 from deepj.constants import NUM_CHANNELS, PLAY, REPLAY, STEPS_PER_BAR, VOLUME
-from deepj.model import DeepJ
+from deepj.model import DeepJ, LSTMState
+
+MODES = ("stateful", "window", "paper")
+GRAPH_WARMUP_STEPS = 3  # eager runs on the capture stream before capture (cuDNN/cuBLAS handles, workspaces)
 
 
 @dataclass
 class SampleConfig:
     steps: int = 512  # 32 bars
     temperature: float = 1.0
-    mode: Literal["stateful", "window"] = "stateful"
-    window: int = 128  # the paper's sliding window (mode="window")
+    mode: Literal["stateful", "window", "paper"] = "stateful"
+    window: int = 128  # the paper's sliding window (modes "window" and "paper")
     silence_bars: int = 1  # after a full bar of silence T rises by `silence_step` per further silent step
     silence_step: float = 0.1
+    cuda_graph: bool = True  # mode "stateful" on CUDA: replay one captured step (falls back to eager if capture fails)
 
     def __post_init__(self) -> None:
         if self.steps < 1:
             raise ConfigError(f"sample.steps must be at least 1, got {self.steps}")
         if self.temperature <= 0:
             raise ConfigError(f"sample.temperature must be > 0, got {self.temperature}")
-        if self.mode not in ("stateful", "window"):
-            raise ConfigError(f"sample.mode must be 'stateful' or 'window', got {self.mode!r}")
+        if self.mode not in MODES:
+            raise ConfigError(f"sample.mode must be one of {', '.join(map(repr, MODES))}, got {self.mode!r}")
         if self.window < 1:
             raise ConfigError(f"sample.window must be at least 1, got {self.window}")
         if self.silence_bars < 0 or self.silence_step < 0:
@@ -71,6 +83,64 @@ def silence_temperature(silent_steps: Tensor, cfg: SampleConfig) -> Tensor:
     return cfg.temperature + cfg.silence_step * extra.to(torch.float32)
 
 
+def _zero_state(lstms: nn.ModuleList, batch: int) -> LSTMState:
+    """Explicit zero (h, c) per layer, each (1, batch, hidden): what nn.LSTM uses for None, as real tensors."""
+    w = lstms[0].weight_hh_l0
+    return [(w.new_zeros(1, batch, lstm.hidden_size), w.new_zeros(1, batch, lstm.hidden_size)) for lstm in lstms]
+
+
+def _sample_note(out: Tensor, u: Tensor, temp: Tensor, sounded_before: Tensor, play_only: bool) -> Tensor:
+    """Sample one note of every piece.
+
+    out: (B, 3) [play logit, replay logit, volume]; u: (B, 2) its uniforms {play, replay}; temp: (B,); sounded_before:
+    (B,) bool, the note sounded at t-1. Returns (B, 3) [play, replay, volume].
+    """
+    play = (u[:, 0] < torch.sigmoid(out[:, PLAY] / temp)).float()  # (B,)
+    if play_only:
+        replay, volume = torch.zeros_like(play), play
+    else:
+        struck = u[:, 1] < torch.sigmoid(out[:, REPLAY] / temp)
+        replay = (struck & sounded_before).float() * play  # replay needs a note that sounded at t-1
+        volume = out[:, VOLUME].clamp(0.0, 1.0) * play  # clamp: a linear volume head may leave [0, 1]
+    return torch.stack([play, replay, volume], dim=-1)
+
+
+def _note_loop(model: DeepJ, h: Tensor, u: Tensor, temp: Tensor, sounded_before: Tensor, style_emb: Tensor) -> Tensor:
+    """The note axis carried from note to note (modes "stateful" and "window").
+
+    h: (B, N, time_hidden) time-axis output of the step; u: (B, N, 2) its uniforms; temp: (B,); sounded_before: (B, N)
+    bool. Returns the sampled step (B, N, 3).
+    """
+    b, n, _ = h.shape
+    lower = h.new_zeros(b, NUM_CHANNELS)  # (B, 3): below the lowest note
+    state = _zero_state(model.note_lstm, b)
+    notes = []
+    for i in range(n):
+        out, state = model.note_step(h[:, i], lower, style_emb, state)  # (B, 3)
+        lower = _sample_note(out.float(), u[:, i], temp, sounded_before[:, i], model.cfg.play_only)  # (B, 3)
+        notes.append(lower)  # ... and the next note's lower neighbour
+    return torch.stack(notes, dim=1)  # (B, N, 3)
+
+
+def _paper_note_loop(model: DeepJ, h: Tensor, u: Tensor, temp: Tensor, sounded_before: Tensor,
+                     style_emb: Tensor) -> Tensor:
+    """The paper's note axis: for each note the whole note axis from a zero state over all N notes (O(N^2)).
+
+    Same arguments and result as `_note_loop`. Notes above the one being sampled have zero lower neighbours; the note
+    axis is causal low -> high, so they do not change the output taken.
+    """
+    b, n, _ = h.shape
+    lower = h.new_zeros(b, n, NUM_CHANNELS)  # (B, N, 3): lower[:, i] = sampled note i-1, zeros from the next one up
+    notes = []
+    for i in range(n):
+        out, _ = model.note_axis(h[:, None], lower[:, None], style_emb)  # (B, 1, N, 3): all N notes
+        note = _sample_note(out[:, 0, i].float(), u[:, i], temp, sounded_before[:, i], model.cfg.play_only)  # (B, 3)
+        if i + 1 < n:
+            lower[:, i + 1] = note
+        notes.append(note)
+    return torch.stack(notes, dim=1)  # (B, N, 3)
+
+
 def _time_window(model: DeepJ, prevs: Tensor, t: int, window: int, style_emb: Tensor) -> Tensor:
     """The paper's sliding window: the time axis over previous steps max(0, t-window+1) .. t from a zero state.
 
@@ -83,12 +153,95 @@ def _time_window(model: DeepJ, prevs: Tensor, t: int, window: int, style_emb: Te
     return h[:, -1]  # (B, N, H): the output for step t
 
 
+class _StatefulStep:
+    """One generated step of mode "stateful" on static buffers, run eagerly or replayed as a captured CUDA graph.
+
+    The buffers hold everything a step reads: the previous step, the beat, the step's uniforms, the time-LSTM state
+    and the silence counter. `run` reads them and writes the new step, state and counter back into them, so a graph
+    of one `run`, replayed T times, generates T steps; the caller only fills `beat` and `u` before each step.
+    """
+
+    def __init__(self, model: DeepJ, style_emb: Tensor, cfg: SampleConfig):
+        self.model, self.style_emb, self.cfg = model, style_emb, cfg
+        b, n = style_emb.shape[0], model.cfg.num_notes
+        dev = style_emb.device
+        self.prev = torch.zeros(b, n, NUM_CHANNELS, device=dev)  # (B, N, 3): step t-1 before `run`, step t after
+        self.beat = torch.zeros(b, dtype=torch.long, device=dev)  # (B,): t % 16
+        self.u = torch.zeros(b, n, 2, device=dev)  # (B, N, {play, replay}): step t's uniforms
+        self.silent = torch.zeros(b, dtype=torch.long, device=dev)  # (B,): consecutive silent steps before t
+        self.time_state = _zero_state(model.time_lstm, b * n)  # per layer (h, c), each (1, B*N, time_hidden)
+        self.graph: torch.cuda.CUDAGraph | None = None
+
+    def reset(self) -> None:
+        """Back to the start of a piece: silence before it, zero LSTM state."""
+        for buf in (self.prev, self.beat, self.u, self.silent, *(x for hc in self.time_state for x in hc)):
+            buf.zero_()
+
+    def run(self) -> None:
+        model = self.model
+        temp = silence_temperature(self.silent, self.cfg)  # (B,)
+        h, state = model.time_step(self.prev, self.beat, self.style_emb, self.time_state)  # (B, N, time_hidden)
+        step = _note_loop(model, h, self.u, temp, self.prev[..., PLAY] > 0.5, self.style_emb)  # (B, N, 3)
+        sounding = (step[..., PLAY] > 0.5).any(dim=-1)  # (B,)
+        self.silent.copy_(torch.where(sounding, torch.zeros_like(self.silent), self.silent + 1))
+        for (h_buf, c_buf), (h_new, c_new) in zip(self.time_state, state):
+            h_buf.copy_(h_new)
+            c_buf.copy_(c_new)
+        self.prev.copy_(step)  # last: everything above read the previous step
+
+    def capture(self) -> None:
+        """Record `run` as a CUDA graph (PyTorch's recipe: warm up on a side stream, capture on it) and reset the
+        buffers, which the warm-up steps changed."""
+        stream = torch.cuda.Stream(self.prev.device)
+        stream.wait_stream(torch.cuda.current_stream(self.prev.device))
+        with torch.cuda.stream(stream):
+            for _ in range(GRAPH_WARMUP_STEPS):
+                self.run()
+        torch.cuda.current_stream(self.prev.device).wait_stream(stream)
+        graph = torch.cuda.CUDAGraph()
+        # The same stream as the warm-up: no cuBLAS/cuDNN handle or workspace is created during capture. thread_local:
+        # generation may run inside training (deepj/samples.py), whose other threads (DataLoader pinning, NCCL
+        # watchdog) must stay free to call CUDA while we capture; the default "global" mode would refuse them.
+        with torch.cuda.graph(graph, stream=stream, capture_error_mode="thread_local"):
+            self.run()
+        self.graph = graph
+        self.reset()
+
+    def __call__(self, t: int, u: Tensor) -> Tensor:
+        """Generate step t from its uniforms u (B, N, 2). Returns the buffer holding the step (B, N, 3): copy it out
+        before the next call."""
+        self.beat.fill_(t % STEPS_PER_BAR)
+        self.u.copy_(u)
+        if self.graph is not None:
+            self.graph.replay()
+        else:
+            self.run()
+        return self.prev
+
+
+def _capture_or_warn(stepper: _StatefulStep) -> float:
+    """Capture the step's CUDA graph; if that fails, warn in one line and leave the stepper eager. Returns seconds."""
+    t0 = time.perf_counter()
+    try:
+        stepper.capture()
+    except RuntimeError as e:  # CUDA and cuDNN errors surface as RuntimeError (torch.AcceleratorError subclasses it)
+        stepper.graph = None
+        stepper.reset()
+        first_line = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        warnings.warn(f"deepj.sampling: CUDA graph capture failed, sampling eagerly: {first_line}", stacklevel=3)
+    torch.cuda.synchronize(stepper.prev.device)
+    return time.perf_counter() - t0
+
+
 @torch.no_grad()
-def generate(model: DeepJ, style: Tensor, cfg: SampleConfig, generator: torch.Generator) -> Tensor:
+def generate(model: DeepJ, style: Tensor, cfg: SampleConfig, generator: torch.Generator,
+             stats: dict | None = None) -> Tensor:
     """Sample B pieces at once. style: (B, S) one-hot or mixture. Returns the roll (B, steps, N, 3) float32 on CPU.
 
-    Random numbers come only from `generator` (two uniforms per note and step, drawn on the generator's device), so
-    one seed gives the same pieces, in either mode. The model is put in eval mode and restored afterwards.
+    Random numbers come only from `generator` (two uniforms per note and step, drawn on the generator's device, one
+    (B, N, 2) draw per step, outside any CUDA graph), so one seed gives the same pieces in every mode and with or
+    without the graph. The model is put in eval mode and restored afterwards. If `stats` is a dict it receives
+    "cuda_graph" (whether a captured graph generated the steps) and "capture_s" (seconds spent capturing it, 0 if not).
     """
     mcfg = model.cfg
     if style.ndim != 2 or style.shape[1] != mcfg.num_styles:
@@ -103,34 +256,31 @@ def generate(model: DeepJ, style: Tensor, cfg: SampleConfig, generator: torch.Ge
         style_emb = model.embed_style(style.to(device, torch.float32))  # (B, style_dim)
         # prevs[:, t] holds the notes of step t-1 (the model's `prev` input at step t); step t is written to [:, t+1].
         prevs = torch.zeros(b, steps + 1, n, NUM_CHANNELS, device=device)  # (B, steps+1, N, 3)
-        silent = torch.zeros(b, dtype=torch.long, device=device)  # (B,) consecutive silent steps so far
-        time_state = None
-        for t in range(steps):
-            prev_step = prevs[:, t]  # (B, N, 3)
-            temp = silence_temperature(silent, cfg)  # (B,)
-            if cfg.mode == "stateful":
-                beat = torch.full((b,), t % STEPS_PER_BAR, dtype=torch.long, device=device)  # (B,)
-                h, time_state = model.time_step(prev_step, beat, style_emb, time_state)  # (B, N, H)
-            else:
+
+        def uniforms() -> Tensor:  # (B, N, {play, replay}) for one step: the same draw in every mode
+            return torch.rand((b, n, 2), generator=generator, device=generator.device).to(device)
+
+        capture_s, graphed = 0.0, False
+        if cfg.mode == "stateful":
+            stepper = _StatefulStep(model, style_emb, cfg)
+            if cfg.cuda_graph and device.type == "cuda":
+                capture_s = _capture_or_warn(stepper)
+                graphed = stepper.graph is not None
+            for t in range(steps):
+                prevs[:, t + 1] = stepper(t, uniforms())
+        else:
+            note_loop = _note_loop if cfg.mode == "window" else _paper_note_loop
+            silent = torch.zeros(b, dtype=torch.long, device=device)  # (B,) consecutive silent steps so far
+            for t in range(steps):
+                prev_step = prevs[:, t]  # (B, N, 3)
+                temp = silence_temperature(silent, cfg)  # (B,)
                 h = _time_window(model, prevs, t, cfg.window, style_emb)  # (B, N, H)
-            u = torch.rand((b, n, 2), generator=generator, device=generator.device).to(device)  # (B, N, {play, replay})
-            sounded_before = prev_step[..., PLAY] > 0.5  # (B, N): replay needs a note that sounded at t-1
-            lower = torch.zeros(b, NUM_CHANNELS, device=device)  # (B, 3): below the lowest note
-            note_state = None
-            for i in range(n):
-                out, note_state = model.note_step(h[:, i], lower, style_emb, note_state)  # (B, 3)
-                out = out.float()
-                play = (u[:, i, 0] < torch.sigmoid(out[:, PLAY] / temp)).float()  # (B,)
-                if mcfg.play_only:
-                    replay, volume = torch.zeros_like(play), play
-                else:
-                    struck = u[:, i, 1] < torch.sigmoid(out[:, REPLAY] / temp)
-                    replay = (struck & sounded_before[:, i]).float() * play
-                    volume = out[:, VOLUME].clamp(0.0, 1.0) * play  # clamp: a linear volume head may leave [0, 1]
-                lower = torch.stack([play, replay, volume], dim=-1)  # (B, 3): the next note's lower neighbour
-                prevs[:, t + 1, i] = lower
-            sounding = (prevs[:, t + 1, :, PLAY] > 0.5).any(dim=-1)  # (B,)
-            silent = torch.where(sounding, torch.zeros_like(silent), silent + 1)
+                step = note_loop(model, h, uniforms(), temp, prev_step[..., PLAY] > 0.5, style_emb)  # (B, N, 3)
+                prevs[:, t + 1] = step
+                sounding = (step[..., PLAY] > 0.5).any(dim=-1)  # (B,)
+                silent = torch.where(sounding, torch.zeros_like(silent), silent + 1)
+        if stats is not None:
+            stats.update(cuda_graph=graphed, capture_s=capture_s)
         return prevs[:, 1:].float().cpu()  # (B, steps, N, 3)
     finally:
         model.train(was_training)

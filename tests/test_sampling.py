@@ -1,11 +1,15 @@
-"""Generation core: valid rolls, reproducible by seed, window == stateful within a window, the silence rule."""
+"""Generation core: valid rolls, reproducible by seed, window == paper == stateful within a window, the silence rule,
+the CUDA graph of the stateful sampler (equal to eager; GPU tests skip without CUDA)."""
 
 import pytest
 import torch
 
+import deepj.sampling
 from deepj.config import ConfigError
 from deepj.model import DeepJ, ModelConfig
 from deepj.sampling import SampleConfig, generate, silence_temperature
+
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 
 TINY = dict(num_notes=12, num_styles=2, style_dim=8, conv_filters=6, conv_kernel=5, time_hidden=16, note_hidden=12)
 
@@ -61,12 +65,58 @@ def test_style_changes_the_pieces():
     assert not torch.equal(a, b)
 
 
-def test_window_equals_stateful_within_one_window():
+def test_window_and_paper_equal_stateful_within_one_window():
     m = _model()
     stateful = _gen(m, 5, steps=20, mode="stateful")
-    window = _gen(m, 5, steps=20, mode="window", window=20)
-    assert torch.equal(stateful[..., :2], window[..., :2])  # the same notes and replays
-    torch.testing.assert_close(stateful[..., 2], window[..., 2], atol=1e-6, rtol=0)  # GEMM shapes differ
+    assert 0 < stateful[..., 0].mean() < 1 and stateful[..., 1].sum() > 0  # notes, rests and replays to compare
+    for mode in ("window", "paper"):
+        other = _gen(m, 5, steps=20, mode=mode, window=20)
+        assert torch.equal(stateful[..., :2], other[..., :2]), mode  # the same notes and replays
+        torch.testing.assert_close(stateful[..., 2], other[..., 2], atol=1e-6, rtol=0)  # GEMM shapes differ
+
+
+def test_paper_equals_window_with_a_short_window_too():
+    # Past the window the time axis of both forgets alike; the paper's O(N^2) note axis still equals the carried one.
+    m = _model()
+    window = _gen(m, 9, steps=24, mode="window", window=4)
+    paper = _gen(m, 9, steps=24, mode="paper", window=4)
+    assert torch.equal(window[..., :2], paper[..., :2])
+    torch.testing.assert_close(window[..., 2], paper[..., 2], atol=1e-6, rtol=0)
+
+
+def test_paper_mode_reruns_the_note_axis_over_all_notes_for_each_note(monkeypatch):
+    m = _model()
+    calls = []
+    note_axis = m.note_axis
+
+    def counting(h, lower, style_emb, state=None):
+        calls.append((tuple(h.shape), state))
+        return note_axis(h, lower, style_emb, state)
+
+    monkeypatch.setattr(m, "note_axis", counting)
+    _gen(m, 0, steps=3, mode="paper")
+    assert len(calls) == 3 * 12  # N = 12 runs per step
+    assert all(shape == (2, 1, 12, 16) and state is None for shape, state in calls)  # all N notes, zero state
+    calls.clear()
+    _gen(m, 0, steps=3, mode="window")
+    assert len(calls) == 3 * 12 and all(shape == (2, 1, 1, 16) for shape, _ in calls)  # one note at a time
+
+
+def test_explicit_zero_state_equals_none():
+    # The stateful sampler starts from explicit zero states (a CUDA graph needs real tensors), window modes from None.
+    m = _model().eval()
+    g = torch.Generator().manual_seed(0)
+    prev = (torch.rand(2, 12, 3, generator=g) < 0.3).float()
+    emb = m.embed_style(torch.tensor([[1.0, 0.0], [0.3, 0.7]]))
+    zeros = deepj.sampling._zero_state(m.time_lstm, 2 * 12)
+    with torch.no_grad():
+        h_none, st_none = m.time_step(prev, torch.tensor([3, 3]), emb, None)
+        h_zero, st_zero = m.time_step(prev, torch.tensor([3, 3]), emb, zeros)
+        assert torch.equal(h_none, h_zero)
+        assert all(torch.equal(a, b) for pa, pb in zip(st_none, st_zero) for a, b in zip(pa, pb))
+        n_none, _ = m.note_step(h_none[:, 0], prev[:, 0], emb, None)
+        n_zero, _ = m.note_step(h_none[:, 0], prev[:, 0], emb, deepj.sampling._zero_state(m.note_lstm, 2))
+        assert torch.equal(n_none, n_zero)
 
 
 def test_short_window_forgets():
@@ -115,9 +165,95 @@ def test_silence_rule_breaks_a_silence():
 
 
 def test_config_and_style_checks():
-    with pytest.raises(ConfigError, match="sample.mode"):
+    with pytest.raises(ConfigError, match="sample.mode.*'paper'"):
         SampleConfig(mode="greedy")
     with pytest.raises(ConfigError, match="sample.temperature"):
         SampleConfig(temperature=0.0)
     with pytest.raises(ValueError, match=r"\(batch, 2\)"):
         generate(_model(), torch.ones(1, 3), SampleConfig(steps=2), torch.Generator())
+
+
+def test_stats_say_no_graph_on_cpu():
+    stats = {}
+    generate(_model(), torch.eye(2), SampleConfig(steps=4), torch.Generator().manual_seed(0), stats)
+    assert stats == {"cuda_graph": False, "capture_s": 0.0}
+
+
+def test_failed_capture_warns_in_one_line_and_leaves_the_step_eager(monkeypatch):
+    m = _model().eval()
+    stepper = deepj.sampling._StatefulStep(m, m.embed_style(torch.eye(2)).detach(), SampleConfig())
+    stepper.silent.fill_(5)  # as if warm-up steps had run before capture failed
+
+    def failing_capture():
+        raise RuntimeError("CUDA error: operation not permitted when stream is capturing\nmore detail")
+
+    monkeypatch.setattr(stepper, "capture", failing_capture)
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: None)
+    with pytest.warns(UserWarning, match="failed, sampling eagerly: CUDA error: operation not permitted") as rec:
+        deepj.sampling._capture_or_warn(stepper)
+    assert "\n" not in str(rec[0].message)
+    assert stepper.graph is None and int(stepper.silent.sum()) == 0  # reset: the piece starts from silence
+
+
+# ------------------------------------------------------------------------------------------------ CUDA (device)
+def _gen_cuda(model, seed, steps, style, **kw):
+    stats = {}
+    gen = torch.Generator(device="cuda").manual_seed(seed)
+    roll = generate(model, style.cuda(), SampleConfig(steps=steps, **kw), gen, stats)
+    return roll, stats
+
+
+@pytest.mark.gpu
+@needs_cuda
+@pytest.mark.parametrize("quiet", [False, True], ids=["busy", "quiet"])
+def test_cuda_graph_equals_eager(quiet):
+    """The graph replays the eager step's kernels on the same uniforms, so the rolls match exactly. (They could differ
+    only if capture picked other kernels than eager, e.g. another cuDNN RNN algorithm: then a volume might move in
+    its last bits and a note flip only where a uniform lies within that of its threshold.)"""
+    m = _model().cuda()
+    if quiet:  # play logit -12: long silences, so the in-graph silence counter and temperature rise are exercised
+        with torch.no_grad():
+            m.head.weight[0].zero_()
+            m.head.bias[0] = -12.0
+    style = torch.tensor([[1.0, 0.0], [0.5, 0.5], [0.0, 1.0]])
+    eager, eager_stats = _gen_cuda(m, 11, 96 if quiet else 40, style, cuda_graph=False)
+    graphed, graph_stats = _gen_cuda(m, 11, 96 if quiet else 40, style, cuda_graph=True)
+    assert graph_stats["cuda_graph"] and graph_stats["capture_s"] > 0
+    assert not eager_stats["cuda_graph"]
+    assert eager[..., 0].sum() > 0
+    if quiet:
+        assert not eager[:, :17, :, 0].any()  # a silent first bar, then the silence rule makes it play
+    assert torch.equal(eager, graphed)
+
+
+@pytest.mark.gpu
+@needs_cuda
+def test_cuda_graph_capture_failure_falls_back_to_eager(monkeypatch):
+    m = _model().cuda()
+    style = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    eager, _ = _gen_cuda(m, 4, 20, style, cuda_graph=False)
+
+    def failing_capture(self):
+        raise RuntimeError("capture refused")
+
+    monkeypatch.setattr(deepj.sampling._StatefulStep, "capture", failing_capture)
+    with pytest.warns(UserWarning, match="capture refused"):
+        fallback, stats = _gen_cuda(m, 4, 20, style, cuda_graph=True)
+    assert not stats["cuda_graph"]
+    assert torch.equal(eager, fallback)
+
+
+@pytest.mark.gpu
+@needs_cuda
+def test_modes_equal_on_cuda_within_one_window():
+    m = _model().cuda()
+    style = torch.tensor([[1.0, 0.0], [0.5, 0.5]])
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False  # TF32 rounding could flip a note
+    try:
+        rolls = {mode: _gen_cuda(m, 2, 20, style, mode=mode, window=20)[0] for mode in ("stateful", "window", "paper")}
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+    for mode in ("window", "paper"):
+        assert torch.equal(rolls["stateful"][..., :2], rolls[mode][..., :2]), mode
+        torch.testing.assert_close(rolls["stateful"][..., 2], rolls[mode][..., 2], atol=1e-5, rtol=0)

@@ -62,12 +62,9 @@ def machine_info() -> dict[str, Any]:
     import numpy
     import torch
 
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), cpu)
-    except OSError:
-        pass
+    from deepj.bench._machine import cpu_name
+
+    cpu = cpu_name()
     from importlib.metadata import PackageNotFoundError, version
 
     versions = {"python": platform.python_version(), "torch": torch.__version__, "numpy": numpy.__version__}
