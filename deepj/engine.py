@@ -76,8 +76,9 @@ class DDPEngine:
     def backward(self, loss: torch.Tensor) -> None:
         self.scaler.scale(loss / self.accumulation).backward()
 
-    def step(self) -> float:
-        """Clip, step, update the scale and the learning rate; returns the global gradient norm before clipping."""
+    def step(self) -> torch.Tensor:
+        """Clip, step, update the scale and the learning rate; returns the global gradient norm before clipping, as a
+        0-d tensor on the device (reading it waits for the device: training reads it only at log steps)."""
         self.scaler.unscale_(self.optimizer)
         params = [p for p in self.module.parameters() if p.grad is not None]
         max_norm = self.grad_clip if self.grad_clip > 0 else float("inf")
@@ -86,7 +87,7 @@ class DDPEngine:
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
         self.scheduler.step()
-        return float(norm)
+        return norm
 
     def train(self) -> None:
         self.module.train()

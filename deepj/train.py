@@ -232,7 +232,7 @@ def main(argv=None) -> int:
             dt = time.perf_counter() - t_last
             scalars = {f"train/{k}": float(v) for k, v in zip(("loss", "play", "replay", "volume"), mean)}
             scalars.update({
-                "train/lr": engine.lr(), "train/grad_norm": grad_norm, "train/epoch": loader.epoch,
+                "train/lr": engine.lr(), "train/grad_norm": float(grad_norm), "train/epoch": loader.epoch,
                 "perf/windows_per_s": windows / dt,
                 "perf/note_steps_per_s": windows * cfg.data.seq_len * cfg.model.num_notes / dt,
                 "perf/data_wait_frac": data_wait / dt,

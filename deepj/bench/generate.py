@@ -36,7 +36,6 @@ import argparse
 import dataclasses
 import inspect
 import json
-import platform
 import statistics
 import sys
 import time
@@ -45,7 +44,7 @@ from typing import Any
 import torch
 
 from deepj import checkpoint, config
-from deepj.bench._machine import cpu_name
+from deepj.bench._machine import machine
 from deepj.constants import STEPS_PER_BAR, STEPS_PER_BEAT
 from deepj.generate import load_for_inference
 from deepj.midi_io import write_midi
@@ -203,17 +202,6 @@ def check_modes(model: DeepJ, style: torch.Tensor, steps: int, seed: int) -> dic
 
 
 # --------------------------------------------------------------------------------------------------- report
-def machine(device: torch.device) -> dict[str, Any]:
-    info = {"device": str(device), "torch": torch.__version__, "python": platform.python_version()}
-    if device.type == "cuda":
-        info.update(device_name=torch.cuda.get_device_name(device), cuda=torch.version.cuda,
-                    cudnn=torch.backends.cudnn.version(), cudnn_allow_tf32=torch.backends.cudnn.allow_tf32,
-                    matmul_allow_tf32=torch.backends.cuda.matmul.allow_tf32)
-    else:
-        info.update(device_name=cpu_name(), threads=torch.get_num_threads())
-    return info
-
-
 def speedups(results: list[dict], batches: list[int]) -> list[dict]:
     """stateful's speedup over paper, window and stateful-eager at each batch: their seconds / stateful's (None where
     one of the two was skipped or not run)."""

@@ -27,16 +27,18 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import itertools
 import json
-import platform
+import math
 import statistics
+import time
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from deepj import config
-from deepj.bench._machine import cpu_name
+from deepj.bench._machine import gpu_driver, machine
 from deepj.engine import DDPEngine, autocast_dtype, lstm_compute_dtypes
 from deepj.loss import deepj_loss
 from deepj.metrics import flops_per_window
@@ -67,18 +69,24 @@ def parse_args(argv=None):
 
 # --------------------------------------------------------------------------------------------------- peaks
 
-def time_cuda(fn, steps: int, warmup: int) -> list[float]:
-    """Seconds of each of `steps` calls of fn, by CUDA events around each call, after `warmup` calls."""
+def time_calls(fn, steps: int, warmup: int, device: torch.device) -> list[float]:
+    """Seconds of each of `steps` calls of fn after `warmup` calls: CUDA events around each call on a GPU, the wall
+    clock elsewhere."""
     for _ in range(warmup):
         fn()
     times = []
     for _ in range(steps):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end) / 1000)
+        if device.type == "cuda":
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn()
+            end.record()
+            end.synchronize()
+            times.append(start.elapsed_time(end) / 1000)
+        else:
+            t0 = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t0)
     return times
 
 
@@ -93,7 +101,7 @@ def matmul_peaks(device: torch.device, n: int = MATMUL_N) -> dict[str, float]:
         try:
             a = torch.randn(n, n, device=device, dtype=dtype, generator=g)
             b = torch.randn(n, n, device=device, dtype=dtype, generator=g)
-            t = statistics.median(time_cuda(lambda a=a, b=b: a @ b, 10, 3))
+            t = statistics.median(time_calls(lambda a=a, b=b: a @ b, 10, 3, device))
             peaks[name] = 2 * n**3 / t / 1e12
         finally:
             torch.backends.cuda.matmul.allow_tf32 = saved
@@ -138,20 +146,15 @@ class Step:
         sched = build_scheduler(opt, cfg.optim, 10**9)
         self.engine = DDPEngine(self.model, opt, sched, device=device, distributed=False, accumulation=1,
                                 precision=precision, grad_clip=cfg.optim.grad_clip)
-        self.losses: list[torch.Tensor] = []
+        self.first_loss: torch.Tensor | None = None
 
     def __call__(self, batch: dict) -> None:
         out = self.engine(batch["prev"], batch["target"], batch["beat"], batch["style"])  # (B, T, N, 3)
         loss, _ = deepj_loss(out.float(), batch["target"], self.model.cfg.play_only)
         self.engine.backward(loss)
-        self.engine.scaler.unscale_(self.engine.optimizer)
-        # The engine's step() returns float(norm), a device sync; time the same work without the sync.
-        torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.engine.grad_clip or float("inf"))
-        self.engine.scaler.step(self.engine.optimizer)
-        self.engine.scaler.update()
-        self.engine.optimizer.zero_grad(set_to_none=True)
-        self.engine.scheduler.step()
-        self.losses.append(loss.detach())
+        self.engine.step()
+        if self.first_loss is None:
+            self.first_loss = loss.detach()
 
 
 class GraphStep:
@@ -170,7 +173,7 @@ class GraphStep:
         self.static = {k: v.clone() for k, v in example.items()}
         dtype = autocast_dtype(precision)
         self.clip = o.grad_clip or float("inf")
-        self.losses: list[torch.Tensor] = []
+        self.first_loss: torch.Tensor | None = None
 
         def body() -> torch.Tensor:
             x = self.static
@@ -200,14 +203,15 @@ class GraphStep:
         # Gradients are overwritten, not accumulated, by replay: backward in the graph wrote them from zero (set to
         # None before capture makes the captured backward allocate and fill them).
         self.graph.replay()
-        self.losses.append(self.static_loss.clone())
+        if self.first_loss is None:
+            self.first_loss = self.static_loss.clone()
 
 
-def measure(step, batches: list[dict], steps: int, warmup: int) -> dict:
-    i = iter(range(10**9))
-    times = time_cuda(lambda: step(batches[next(i) % len(batches)]), steps, warmup)
-    first = float(step.losses[0])
-    if not torch.isfinite(torch.tensor(first)):
+def measure(step, batches: list[dict], steps: int, warmup: int, device: torch.device) -> dict:
+    calls = itertools.count()
+    times = time_calls(lambda: step(batches[next(calls) % len(batches)]), steps, warmup, device)
+    first = float(step.first_loss)
+    if not math.isfinite(first):
         raise RuntimeError(f"non-finite loss {first} in the first step")
     return {"step_s": statistics.median(times), "step_s_min": min(times), "step_s_max": max(times),
             "first_loss": round(first, 5)}
@@ -259,7 +263,7 @@ def layer_study(cfg: TrainConfig, batch: int, device: torch.device, steps: int =
                 y.float().sum().backward()
 
             try:
-                ms = statistics.median(time_cuda(run, steps, 3)) * 1e3
+                ms = statistics.median(time_calls(run, steps, 3, device)) * 1e3
                 flops = 3 * 2 * 4 * hidden * (width + hidden) * rows_ * length
                 rows.append({"axis": axis, "variant": variant, "rows": rows_, "length": length, "ms": round(ms, 3),
                              "tflops": round(flops / ms / 1e9, 1)})
@@ -323,21 +327,11 @@ def scaling_estimate(step_s: float, batch: int, grad_bytes: int, bucket_bytes: i
 # --------------------------------------------------------------------------------------------------- main
 
 def device_info(device: torch.device) -> dict:
-    info = {"device": str(device), "torch": torch.__version__, "python": platform.python_version()}
+    info = machine(device)
     if device.type == "cuda":
         p = torch.cuda.get_device_properties(device)
-        info.update({"gpu": p.name, "sm_count": p.multi_processor_count, "memory_gib": round(p.total_memory / 2**30, 1),
-                     "cuda": torch.version.cuda, "cudnn": torch.backends.cudnn.version(),
-                     "cudnn_allow_tf32": torch.backends.cudnn.allow_tf32})
-        try:
-            import subprocess
-
-            info["driver"] = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
-                                            capture_output=True, text=True, timeout=30, check=False).stdout.strip()
-        except (OSError, subprocess.SubprocessError):
-            info["driver"] = "unknown"
-    else:
-        info["cpu"] = cpu_name()
+        info.update(sm_count=p.multi_processor_count, memory_gib=round(p.total_memory / 2**30, 1),
+                    driver=gpu_driver())
     return info
 
 
@@ -396,18 +390,7 @@ def main(argv=None) -> int:
                     batches = make_batches(b, t, n, cfg.model.num_styles, device)
                     step = (GraphStep(cfg, precision, device, batches[0]) if variant == "graph"
                             else Step(cfg, precision, device))
-                    if cuda:
-                        row.update(measure(step, batches, args.steps, args.warmup))
-                    else:  # CPU: wall clock (for tests and a quick look)
-                        import time
-
-                        ts = []
-                        for k in range(args.warmup + args.steps):
-                            t0 = time.perf_counter()
-                            step(batches[k % len(batches)])
-                            if k >= args.warmup:
-                                ts.append(time.perf_counter() - t0)
-                        row.update({"step_s": statistics.median(ts), "first_loss": round(float(step.losses[0]), 5)})
+                    row.update(measure(step, batches, args.steps, args.warmup, device))
                     s = row["step_s"]
                     row.update({"windows_per_s": b / s, "note_steps_per_s": b * t * n / s,
                                 "tflops": flops_window * b / s / 1e12,
