@@ -51,6 +51,9 @@ def parse_args(argv=None):
     p.add_argument("--mode", choices=["stateful", "window", "paper"], default="stateful",
                    help="stateful: carry the LSTM states (linear in length; a CUDA graph on CUDA); window: the paper's "
                         "sliding 128-step time window; paper: that and the paper's O(N^2) note axis")
+    p.add_argument("--silence-redraws", type=int, default=SampleConfig.silence_redraws, metavar="K",
+                   help="a step that would begin a silence (the first step, or one after a sounding step) is "
+                        "redrawn up to K times until it sounds (0 = the paper's sampler)")
     p.add_argument("--device", default="cpu")
     return p.parse_args(argv)
 
@@ -65,15 +68,16 @@ def main(argv=None) -> int:
     except (checkpoint.CheckpointError, StyleError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    if args.bars < 1 or args.num < 1:
-        print("error: --bars and --num must be at least 1", file=sys.stderr)
+    if args.bars < 1 or args.num < 1 or args.silence_redraws < 0:
+        print("error: --bars and --num must be at least 1, --silence-redraws at least 0", file=sys.stderr)
         return 2
     if args.wav and not audio_available()[0]:
         print(f"error: --wav: {audio_available()[1]}", file=sys.stderr)
         return 2
     out = Path(args.out) if args.out else ckpt.parent / "samples" / f"{slug(args.style)}-seed{args.seed}"
     out.mkdir(parents=True, exist_ok=True)
-    cfg = SampleConfig(steps=args.bars * STEPS_PER_BAR, temperature=args.temperature, mode=args.mode)
+    cfg = SampleConfig(steps=args.bars * STEPS_PER_BAR, temperature=args.temperature, mode=args.mode,
+                       silence_redraws=args.silence_redraws)
     gen = torch.Generator(device=args.device).manual_seed(args.seed)
     rolls = generate(model, style.unsqueeze(0).expand(args.num, -1).contiguous(), cfg, gen).numpy()  # (num, T, N, 3)
     repr_cfg = ReprConfig(**{k: shared["representation"][k] for k in ("min_pitch", "max_pitch")})

@@ -226,13 +226,20 @@ def _lead(report: dict) -> str:
     return f" (generated pieces: the {report['bars']} bars after {lead} lead bars)" if lead else ""
 
 
+def _redraws(report: dict) -> str:
+    """How silences were sampled (fidelity --silence-redraws; reports from before it: the paper's sampler)."""
+    k = report.get("silence_redraws", 0)
+    return f", a step that would begin a silence redrawn up to {k} times" if k else ", the paper's sampler (no redraws)"
+
+
 def write_page(out_dir: Path, report: dict) -> Path:
     """index.html in out_dir from a fidelity report (paths in it are relative to out_dir)."""
     e = html.escape
     body = [f"<h1>DeepJ: listening page</h1>",
             f'<p>Checkpoint <code>{e(report["checkpoint"])}</code> (step {report["step"]}), data '
             f'<code>{e(report["data"])}</code>; windows and pieces of {report["bars"]} bars{_lead(report)}; {report["num"]} '
-            f'generated pieces per style (temperature {report["temperature"]}, seed {report["seed"]}). '
+            f'generated pieces per style (temperature {report["temperature"]}, seed {report["seed"]}'
+            f'{_redraws(report)}). '
             f'<a href="fidelity.md">Report</a>, <a href="fidelity.json">JSON</a>.</p>']
     for level, lv in report["levels"].items():
         gen, real = lv["generated"], lv["real_val"]
@@ -273,7 +280,7 @@ def report_markdown(report: dict) -> str:
              f"Checkpoint `{report['checkpoint']}` (step {report['step']}), shards `{report['data']}`. Windows and "
              f"generated pieces of {report['bars']} bars ({report['window_steps']} steps){_lead(report)}, pitches "
              f"[{report['pitch_range'][0]}, {report['pitch_range'][1]}); {report['num']} pieces per style, temperature "
-             f"{report['temperature']}, seed {report['seed']}. Real windows: {report['real_windows']['train']} train "
+             f"{report['temperature']}, seed {report['seed']}{_redraws(report)}. Real windows: {report['real_windows']['train']} train "
              f"(transposed up to +-{report['train_transpose']} as in training) to fit the classifier, "
              f"{report['real_windows']['val']} held-out val windows for the ceiling. Evaluation took "
              f"{report['seconds']} s (before writing pieces, audio and figures).",

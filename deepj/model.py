@@ -67,6 +67,9 @@ class ModelConfig:
     note_layers: int = 2
     dropout: float = 0.5  # after the conv, each style projection and each LSTM layer
     input_dropout: float = 0.2  # previous notes, beat, lower-neighbour targets
+    # The lower neighbour's target on the note axis; None = input_dropout (the paper's). A dropped target hides a played
+    # note from every note above it, so the note axis learns to under-play above "nothing below" (docs/benchmarks.md).
+    lower_dropout: float | None = None
     bounded_volume: bool = True  # sigmoid volume head (the original's was linear)
     play_only: bool = False  # BL2012 benchmark mode: only the play channel is modelled/used (replay, volume ignored)
 
@@ -75,8 +78,8 @@ class ModelConfig:
                      "time_layers", "note_hidden", "note_layers"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"model.{name} must be at least 1, got {getattr(self, name)}")
-        for name in ("dropout", "input_dropout"):
-            if not 0.0 <= getattr(self, name) < 1.0:
+        for name in ("dropout", "input_dropout", "lower_dropout"):
+            if getattr(self, name) is not None and not 0.0 <= getattr(self, name) < 1.0:
                 raise ConfigError(f"model.{name} must lie in [0, 1), got {getattr(self, name)}")
 
     @property
@@ -213,7 +216,8 @@ class DeepJ(nn.Module):
         """
         cfg = self.cfg
         b, t, n, _ = h.shape
-        lower = dropout(lower * self.channel_keep, cfg.input_dropout, self.training)  # (B, T, N, 3)
+        p_lower = cfg.input_dropout if cfg.lower_dropout is None else cfg.lower_dropout
+        lower = dropout(lower * self.channel_keep, p_lower, self.training)  # (B, T, N, 3)
         x = torch.cat([h, lower.to(h.dtype)], dim=-1).reshape(b * t, n, -1)  # (B*T, N, H_time + 3): a sequence per step
         new_state: LSTMState = []
         for layer, (proj, lstm) in enumerate(zip(self.note_style, self.note_lstm)):

@@ -27,6 +27,15 @@ after `silence_bars` full bars of silence the temperature rises by `silence_step
 any sounding step resets it to the base temperature. (The original started its silence counter at a full bar, so a
 silent first step already raised T; we start at 0.)
 
+Silence redraws (`silence_redraws` = K; not in the paper's code): a step that would begin a silence (nothing has
+sounded yet, or the step before sounded) is drawn 1 + K times from the same model outputs with fresh uniforms, and each
+piece keeps its first draw that sounds (its first draw if none does). So a silence begins only where the model draws
+one 1 + K times running (p^(1+K) for a step silent with p); a silence that has begun is not redrawn, so the model
+still decides how long a rest lasts, and the silence rule above still ends long ones. Why: real pieces start with
+their first note and seldom fall silent (0.2-1.6% of the demo corpus's steps), while from silence and from its own
+samples the demo model begins silences far more often and stays in them (docs/benchmarks.md). K = 0 is the paper's
+sampler. The draws run as one batch of (1 + K) * B pieces, so a step costs about 1 + K times the note-axis work.
+
 In `play_only` models (BL2012) replay is 0 and volume is 1 where a note plays: the roll is the binary roll of those
 benchmarks; whoever writes MIDI from it picks a velocity.
 """
@@ -57,6 +66,7 @@ class SampleConfig:
     window: int = 128  # the paper's sliding window (modes "window" and "paper")
     silence_bars: int = 1  # after a full bar of silence T rises by `silence_step` per further silent step
     silence_step: float = 0.1
+    silence_redraws: int = 8  # a step that would begin a silence is drawn up to 1 + this many times; 0 = the paper's
     cuda_graph: bool = True  # mode "stateful" on CUDA: replay one captured step (falls back to eager if capture fails)
 
     def __post_init__(self) -> None:
@@ -71,6 +81,8 @@ class SampleConfig:
         if self.silence_bars < 0 or self.silence_step < 0:
             raise ConfigError(f"sample.silence_bars={self.silence_bars} and sample.silence_step={self.silence_step}"
                               " must both be >= 0")
+        if self.silence_redraws < 0:
+            raise ConfigError(f"sample.silence_redraws must be >= 0, got {self.silence_redraws}")
 
 
 def silence_temperature(silent_steps: Tensor, cfg: SampleConfig) -> Tensor:
@@ -141,6 +153,29 @@ def _paper_note_loop(model: DeepJ, h: Tensor, u: Tensor, temp: Tensor, sounded_b
     return torch.stack(notes, dim=1)  # (B, N, 3)
 
 
+def _redrawn_step(note_loop, model: DeepJ, h: Tensor, u: Tensor, temp: Tensor, sounded_before: Tensor,
+                  style_emb: Tensor, redraw: Tensor) -> Tensor:
+    """One step from D = 1 + K draws of uniforms: `note_loop` over all draws at once; a piece with `redraw` set keeps
+    its first draw that sounds (draw 0 if none does), every other piece keeps draw 0.
+
+    h: (B, N, H) time-axis output of the step; u: (D, B, N, 2) the draws' uniforms; temp, sounded_before, style_emb as
+    in `_note_loop`; redraw: (B,) bool, the step would begin a silence. Returns (B, N, 3). One batched pass of D * B
+    pieces and no data-dependent control flow, so every mode and a CUDA graph draw and pick the same.
+    """
+    d, b = u.shape[:2]
+    if d == 1:
+        return note_loop(model, h, u[0], temp, sounded_before, style_emb)
+
+    def rep(x: Tensor) -> Tensor:  # (B, ...) -> (D * B, ...), draw-major like u.reshape
+        return x.repeat(d, *([1] * (x.dim() - 1)))
+
+    steps = note_loop(model, rep(h), u.reshape(d * b, *u.shape[2:]), rep(temp), rep(sounded_before), rep(style_emb))
+    steps = steps.view(d, b, *steps.shape[1:])  # (D, B, N, 3)
+    first = (steps[..., PLAY] > 0.5).any(dim=-1).int().argmax(dim=0)  # (B,): first sounding draw; 0 if none sounds
+    first = first * redraw  # draw 0 where the step may not be redrawn
+    return steps[first, torch.arange(b, device=steps.device)]  # (B, N, 3)
+
+
 def _time_window(model: DeepJ, prevs: Tensor, t: int, window: int, style_emb: Tensor) -> Tensor:
     """The paper's sliding window: the time axis over previous steps max(0, t-window+1) .. t from a zero state.
 
@@ -167,23 +202,27 @@ class _StatefulStep:
         dev = style_emb.device
         self.prev = torch.zeros(b, n, NUM_CHANNELS, device=dev)  # (B, N, 3): step t-1 before `run`, step t after
         self.beat = torch.zeros(b, dtype=torch.long, device=dev)  # (B,): t % 16
-        self.u = torch.zeros(b, n, 2, device=dev)  # (B, N, {play, replay}): step t's uniforms
+        self.u = torch.zeros(1 + cfg.silence_redraws, b, n, 2, device=dev)  # (D, B, N, {play, replay}): step t's draws
         self.silent = torch.zeros(b, dtype=torch.long, device=dev)  # (B,): consecutive silent steps before t
+        self.started = torch.zeros(b, dtype=torch.bool, device=dev)  # (B,): a step of the piece has sounded
         self.time_state = _zero_state(model.time_lstm, b * n)  # per layer (h, c), each (1, B*N, time_hidden)
         self.graph: torch.cuda.CUDAGraph | None = None
 
     def reset(self) -> None:
         """Back to the start of a piece: silence before it, zero LSTM state."""
-        for buf in (self.prev, self.beat, self.u, self.silent, *(x for hc in self.time_state for x in hc)):
+        for buf in (self.prev, self.beat, self.u, self.silent, self.started,
+                    *(x for hc in self.time_state for x in hc)):
             buf.zero_()
 
     def run(self) -> None:
         model = self.model
         temp = silence_temperature(self.silent, self.cfg)  # (B,)
         h, state = model.time_step(self.prev, self.beat, self.style_emb, self.time_state)  # (B, N, time_hidden)
-        step = _note_loop(model, h, self.u, temp, self.prev[..., PLAY] > 0.5, self.style_emb)  # (B, N, 3)
+        redraw = (self.silent == 0) | ~self.started  # (B,): this step would begin a silence
+        step = _redrawn_step(_note_loop, model, h, self.u, temp, self.prev[..., PLAY] > 0.5, self.style_emb, redraw)
         sounding = (step[..., PLAY] > 0.5).any(dim=-1)  # (B,)
         self.silent.copy_(torch.where(sounding, torch.zeros_like(self.silent), self.silent + 1))
+        self.started.copy_(self.started | sounding)
         for (h_buf, c_buf), (h_new, c_new) in zip(self.time_state, state):
             h_buf.copy_(h_new)
             c_buf.copy_(c_new)
@@ -208,8 +247,8 @@ class _StatefulStep:
         self.reset()
 
     def __call__(self, t: int, u: Tensor) -> Tensor:
-        """Generate step t from its uniforms u (B, N, 2). Returns the buffer holding the step (B, N, 3): copy it out
-        before the next call."""
+        """Generate step t from its uniforms u (D, B, N, 2). Returns the buffer holding the step (B, N, 3): copy it
+        out before the next call."""
         self.beat.fill_(t % STEPS_PER_BAR)
         self.u.copy_(u)
         if self.graph is not None:
@@ -239,8 +278,8 @@ def generate(model: DeepJ, style: Tensor, cfg: SampleConfig, generator: torch.Ge
     """Sample B pieces at once. style: (B, S) one-hot or mixture. Returns the roll (B, steps, N, 3) float32 on CPU.
 
     Random numbers come only from `generator` (two uniforms per note and step, drawn on the generator's device, one
-    (B, N, 2) draw per step, outside any CUDA graph), so one seed gives the same pieces in every mode and with or
-    without the graph. The model is put in eval mode and restored afterwards. If `stats` is a dict it receives
+    (1 + silence_redraws, B, N, 2) draw per step, outside any CUDA graph), so one seed gives the same pieces in every
+    mode and with or without the graph; with silence_redraws = 0 they are the paper's sampler's draws. The model is put in eval mode and restored afterwards. If `stats` is a dict it receives
     "cuda_graph" (whether a captured graph generated the steps) and "capture_s" (seconds spent capturing it, 0 if not).
     """
     mcfg = model.cfg
@@ -257,8 +296,9 @@ def generate(model: DeepJ, style: Tensor, cfg: SampleConfig, generator: torch.Ge
         # prevs[:, t] holds the notes of step t-1 (the model's `prev` input at step t); step t is written to [:, t+1].
         prevs = torch.zeros(b, steps + 1, n, NUM_CHANNELS, device=device)  # (B, steps+1, N, 3)
 
-        def uniforms() -> Tensor:  # (B, N, {play, replay}) for one step: the same draw in every mode
-            return torch.rand((b, n, 2), generator=generator, device=generator.device).to(device)
+        def uniforms() -> Tensor:  # (D, B, N, {play, replay}) for one step: the same draw in every mode
+            shape = (1 + cfg.silence_redraws, b, n, 2)
+            return torch.rand(shape, generator=generator, device=generator.device).to(device)
 
         capture_s, graphed = 0.0, False
         if cfg.mode == "stateful":
@@ -271,14 +311,18 @@ def generate(model: DeepJ, style: Tensor, cfg: SampleConfig, generator: torch.Ge
         else:
             note_loop = _note_loop if cfg.mode == "window" else _paper_note_loop
             silent = torch.zeros(b, dtype=torch.long, device=device)  # (B,) consecutive silent steps so far
+            started = torch.zeros(b, dtype=torch.bool, device=device)  # (B,) a step has sounded
             for t in range(steps):
                 prev_step = prevs[:, t]  # (B, N, 3)
                 temp = silence_temperature(silent, cfg)  # (B,)
                 h = _time_window(model, prevs, t, cfg.window, style_emb)  # (B, N, H)
-                step = note_loop(model, h, uniforms(), temp, prev_step[..., PLAY] > 0.5, style_emb)  # (B, N, 3)
+                redraw = (silent == 0) | ~started  # (B,): this step would begin a silence
+                step = _redrawn_step(note_loop, model, h, uniforms(), temp, prev_step[..., PLAY] > 0.5, style_emb,
+                                     redraw)  # (B, N, 3)
                 prevs[:, t + 1] = step
                 sounding = (step[..., PLAY] > 0.5).any(dim=-1)  # (B,)
                 silent = torch.where(sounding, torch.zeros_like(silent), silent + 1)
+                started |= sounding
         if stats is not None:
             stats.update(cuda_graph=graphed, capture_s=capture_s)
         return prevs[:, 1:].float().cpu()  # (B, steps, N, 3)

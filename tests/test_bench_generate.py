@@ -43,6 +43,7 @@ def test_every_mode_and_batch_timed_and_the_modes_sample_the_same_roll(tiny_conf
     assert report["num_notes"] == 48 and report["num_styles"] == 14 and report["steps"] == 16
     assert report["music_seconds_per_piece"] == 2.0  # 16 steps of a 16th note at 120 bpm
     assert report["machine"]["device"] == "cpu" and report["machine"]["torch"] == torch.__version__
+    assert report["silence_redraws"] == 0  # the paper's sampling unless asked
 
     rows = report["results"]
     assert [(r["mode"], r["batch"]) for r in rows] == [(m, b) for b in (1, 2) for m in MODES]
@@ -111,8 +112,15 @@ def test_a_trained_checkpoint_is_timed_with_its_own_sizes(tmp_path, capsys):
     assert "config" not in report
 
 
+def test_modes_sample_the_same_roll_with_silence_redraws_too(tiny_config, capsys):
+    code, report, _ = run(capsys, "--config", str(tiny_config), "--batches", "2", "--modes", "stateful",
+                          "--silence-redraws", "3")
+    assert code == 0 and report["check"]["identical"] and report["silence_redraws"] == 3
+
+
 def test_bad_arguments_are_refused(capsys):
-    for argv in (["--modes", "stateful,greedy"], ["--batches", "0"], ["--run", "x", "model.time_hidden=8"]):
+    for argv in (["--modes", "stateful,greedy"], ["--batches", "0"], ["--run", "x", "model.time_hidden=8"],
+                 ["--silence-redraws", "-1"]):
         with pytest.raises(SystemExit) as e:
             bench.main(["--device", "cpu", *argv])
         assert e.value.code == 2

@@ -159,6 +159,8 @@ def test_cli_bad_paths_and_options(tiny_shards, tmp_path, capsys):
     assert "two style names" in capsys.readouterr().err
     assert fd.main([str(tmp_path / "no-run"), "--data", str(tiny_shards), "--lead-bars", "-1"]) == 2
     assert "--lead-bars" in capsys.readouterr().err
+    assert fd.main([str(tmp_path / "no-run"), "--data", str(tiny_shards), "--silence-redraws", "-1"]) == 2
+    assert "--silence-redraws" in capsys.readouterr().err
 
 
 def test_lead_bars_classify_the_end_of_longer_pieces():
@@ -186,7 +188,7 @@ def test_cli_end_to_end(trained_run, tiny_shards, tmp_path):
                   "--level", "both", "--blend", "baroque,classical", "--out", str(out), "--listen", "1", "--no-audio")
     assert res.returncode == 0, res.stderr
     rep = json.loads((out / "fidelity.json").read_text())
-    assert rep["window_steps"] == 32 and rep["step"] == 4
+    assert rep["window_steps"] == 32 and rep["step"] == 4 and rep["silence_redraws"] == 8  # the sampler's default
     period, composer = rep["levels"]["period"], rep["levels"]["composer"]
     assert period["classes"] == ["baroque", "classical"] and period["chance"] == 0.5
     assert composer["classes"] == ["baroque/bach", "baroque/handel", "classical/mozart"]
@@ -205,7 +207,7 @@ def test_cli_end_to_end(trained_run, tiny_shards, tmp_path):
     assert any(link.endswith(".png") for link in links) and any(link.endswith(".mid") for link in links)
     for link in links:
         assert not link.startswith("/") and (out / link).is_file(), link
-    assert "baroque" in page and "classical/mozart" in page
+    assert "baroque" in page and "classical/mozart" in page and "would begin a silence redrawn up to 8 times" in page
     (out / "index.html").unlink()
     assert listening.main([str(out)]) == 0 and (out / "index.html").read_text() == page  # rebuilt from the JSON
     # Scalars under fidelity/ in the run's TensorBoard.

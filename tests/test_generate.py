@@ -56,6 +56,11 @@ def test_unknown_style_lists_valid_names(trained_run, tmp_path):
     assert "unknown style 'chopin'" in res.stderr and "baroque" in res.stderr and "mozart" in res.stderr
 
 
+def test_negative_silence_redraws_is_refused(trained_run, tmp_path):
+    res = generate(trained_run, tmp_path, "--style", "baroque", "--silence-redraws", "-1")
+    assert res.returncode == 2 and "--silence-redraws" in res.stderr
+
+
 def test_missing_checkpoint_is_clear(tmp_path):
     res = generate(tmp_path / "no-such-run", tmp_path / "out", "--style", "baroque")
     assert res.returncode == 2

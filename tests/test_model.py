@@ -169,6 +169,21 @@ def test_dropout_only_in_training():
     assert not torch.equal(m(prev, target, beat, style), m(prev, target, beat, style))
 
 
+def test_lower_dropout_applies_to_the_lower_neighbour_only():
+    # Only input dropout left on (0.5): the note axis, from a fixed time-axis output, is random in training through
+    # its lower-neighbour input alone, unless lower_dropout = 0 turns that off; None inherits input_dropout.
+    torch.manual_seed(0)
+    h, lower = torch.randn(2, 3, 14, 16), (torch.rand(2, 3, 14, 3) < 0.5).float()
+    style_emb = torch.randn(2, 8)
+    for lower_dropout, random in ((None, True), (0.5, True), (0.0, False)):
+        torch.manual_seed(1)
+        m = DeepJ(ModelConfig(**TINY, dropout=0.0, input_dropout=0.5, lower_dropout=lower_dropout)).train()
+        a, b = m.note_axis(h, lower, style_emb)[0], m.note_axis(h, lower, style_emb)[0]
+        assert torch.equal(a, b) != random, lower_dropout
+    with pytest.raises(ConfigError, match="model.lower_dropout"):
+        ModelConfig(lower_dropout=1.0)
+
+
 @pytest.mark.parametrize("p", [0.1, 0.2, 0.5])
 def test_cpu_dropout_rate_scale_and_gradient(p):
     """The CPU dropout's own masks: drop rate p, kept values scaled by 1 / (1 - p), gradient through the same mask,

@@ -1,5 +1,5 @@
 """Generation core: valid rolls, reproducible by seed, window == paper == stateful within a window, the silence rule,
-the CUDA graph of the stateful sampler (equal to eager; GPU tests skip without CUDA)."""
+silence redraws, the CUDA graph of the stateful sampler (equal to eager; GPU tests skip without CUDA)."""
 
 import pytest
 import torch
@@ -94,12 +94,15 @@ def test_paper_mode_reruns_the_note_axis_over_all_notes_for_each_note(monkeypatc
         return note_axis(h, lower, style_emb, state)
 
     monkeypatch.setattr(m, "note_axis", counting)
-    _gen(m, 0, steps=3, mode="paper")
+    _gen(m, 0, steps=3, mode="paper", silence_redraws=0)  # the paper's code, step 0 included
     assert len(calls) == 3 * 12  # N = 12 runs per step
     assert all(shape == (2, 1, 12, 16) and state is None for shape, state in calls)  # all N notes, zero state
     calls.clear()
-    _gen(m, 0, steps=3, mode="window")
+    _gen(m, 0, steps=3, mode="window", silence_redraws=0)
     assert len(calls) == 3 * 12 and all(shape == (2, 1, 1, 16) for shape, _ in calls)  # one note at a time
+    calls.clear()
+    _gen(m, 0, steps=3, mode="paper", silence_redraws=3)  # every step: all 1 + 3 draws of both pieces in one batch
+    assert [shape[0] for shape, _ in calls] == [8] * 36
 
 
 def test_explicit_zero_state_equals_none():
@@ -164,11 +167,57 @@ def test_silence_rule_breaks_a_silence():
         assert first + 17 < 96 and not piece[first + 1 : first + 17].any()
 
 
+def test_silence_redraws_make_a_silence_begin_rarely_but_let_it_last():
+    # Play logit -3.9 whatever the input: p = 0.0198 per note, so a step of 12 notes is silent with q = 0.787 per draw.
+    m = _model()
+    with torch.no_grad():
+        m.head.weight[0].zero_()
+        m.head.bias[0] = -3.9
+    style = torch.tensor([[1.0, 0.0]] * 64)
+
+    def rates(k):  # P(first step silent), P(silent | the step before sounded), P(silent | silent before, started)
+        silent = _gen(m, 0, style=style, steps=48, silence_redraws=k, silence_step=0.0)[..., 0].sum(-1) == 0  # (B, T)
+        started = torch.cummax((~silent).int(), dim=1).values.bool()  # (B, T): a step up to t has sounded
+        after_sound, after_silence = ~silent[:, :-1], silent[:, :-1] & started[:, :-1]
+        return (float(silent[:, 0].float().mean()), float(silent[:, 1:][after_sound].float().mean()),
+                float(silent[:, 1:][after_silence].float().mean()))
+
+    first, begin, go_on = rates(0)  # the paper's sampler: q everywhere
+    assert 0.65 < first < 0.9 and 0.72 < begin < 0.85 and 0.72 < go_on < 0.85
+    first, begin, go_on = rates(2)  # a silence begins only if 3 draws are silent: q^3 = 0.49; a begun one lasts: q
+    assert 0.3 < first < 0.65 and 0.4 < begin < 0.58 and 0.72 < go_on < 0.85
+
+
+def test_redrawn_step_keeps_the_first_draw_that_sounds():
+    # A note loop whose note i plays where its play uniform is below 0.2: which draws sound is known from u alone.
+    def note_loop(model, h, u, temp, sounded_before, style_emb):
+        play = (u[..., 0] < 0.2).float()  # (D*B, N)
+        return torch.stack([play, torch.zeros_like(play), play * (1 + u[..., 1])], dim=-1)
+
+    d, b, n = 4, 6, 3
+    u = torch.rand(d, b, n, 2, generator=torch.Generator().manual_seed(3))
+    u[:, 0, :, 0] = 0.9  # piece 0: no draw sounds -> draw 0
+    u[0, 1, 1, 0] = 0.1  # piece 1: draw 0 sounds
+    u[:3, 2, :, 0], u[2, 2, 2, 0] = 0.9, 0.1  # piece 2: draws 0 and 1 silent, draw 2 sounds (its note 2 only)
+    u[0, 3, :, 0], u[1, 3, 0, 0] = 0.9, 0.1  # piece 3: draw 0 silent, draw 1 sounds, but it may not be redrawn
+    redraw = torch.tensor([True, True, True, False, True, True])
+    step = deepj.sampling._redrawn_step(note_loop, None, torch.zeros(b, n, 5), u, torch.ones(b),
+                                        torch.zeros(b, n, dtype=torch.bool), torch.zeros(b, 8), redraw)
+    for piece in range(b):
+        sounds = [bool((u[k, piece, :, 0] < 0.2).any()) for k in range(d)]
+        k = sounds.index(True) if any(sounds) and redraw[piece] else 0
+        assert torch.equal(step[piece], note_loop(None, None, u[k, piece], None, None, None)), piece
+    assert not step[0, :, 0].any() and step[1, 1, 0] == 1 and torch.equal(step[2, :, 0], torch.tensor([0.0, 0, 1]))
+    assert not step[3, :, 0].any()
+
+
 def test_config_and_style_checks():
     with pytest.raises(ConfigError, match="sample.mode.*'paper'"):
         SampleConfig(mode="greedy")
     with pytest.raises(ConfigError, match="sample.temperature"):
         SampleConfig(temperature=0.0)
+    with pytest.raises(ConfigError, match="sample.silence_redraws"):
+        SampleConfig(silence_redraws=-1)
     with pytest.raises(ValueError, match=r"\(batch, 2\)"):
         generate(_model(), torch.ones(1, 3), SampleConfig(steps=2), torch.Generator())
 

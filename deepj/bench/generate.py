@@ -3,7 +3,7 @@ paper's sliding-window sampler, per batch size, and a same-seed check that every
 
     python -m deepj.bench generate [--device cuda] [--config configs/paper.toml] [key=value ...] [--run RUN]
         [--bars 32] [--batches 1,256] [--modes stateful,stateful-eager,window,paper] [--repeats 3] [--seed 0]
-        [--max-seconds S] [--threads 1]
+        [--max-seconds S] [--threads 1] [--silence-redraws 0]
 
 Modes (deepj/sampling.py): stateful = LSTM states carried over steps and notes, one generated step captured as a CUDA
 graph and replayed on CUDA (eager elsewhere); stateful-eager = the same without the graph; window = the time axis
@@ -17,6 +17,9 @@ the time a user waits; it is also reported alone (capture_s). pieces/s = B / sec
 music generated per wall second, all B pieces counted: B x steps x 0.125 s / seconds, a step being a 16th note at the
 120 bpm that deepj writes MIDI at (`deepj.midi_io.write_midi`'s default tempo, read from it below; the paper's tempo).
 Speedups, at the same batch: stateful's seconds against paper's, window's, and stateful-eager's (the graph's gain).
+
+--silence-redraws K (default 0: the paper's sampling, as the GPU figures in docs/benchmarks.md were measured): the
+sampler's silence redraws, the same in every mode; the default of `deepj.generate` (8) runs 1 + 8 draws per step.
 
 --max-seconds S: before timing a (mode, batch), probe it with 1 bar (window and paper also with 2 bars, whose step
 cost grows with the window until it is full) and skip it if the predicted full-length time exceeds S.
@@ -80,6 +83,8 @@ def parse_args(argv=None):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--max-seconds", type=float, help="skip a (mode, batch) whose probe predicts more than this")
     p.add_argument("--threads", type=int, default=1, help="CPU intra-op threads")
+    p.add_argument("--silence-redraws", type=int, default=0, metavar="K",
+                   help="redraws of a step that would begin a silence, in every mode (0: the paper's sampling)")
     args = p.parse_args(argv)
     args.batches = [int(b) for b in args.batches.split(",") if b]
     args.modes = [m for m in args.modes.split(",") if m]
@@ -88,6 +93,8 @@ def parse_args(argv=None):
         p.error(f"unknown mode(s) {', '.join(unknown)}; choose from {', '.join(MODES)}")
     if args.bars < 1 or args.repeats < 1 or not args.batches or min(args.batches) < 1:
         p.error("--bars, --repeats and every batch size must be at least 1")
+    if args.silence_redraws < 0:
+        p.error("--silence-redraws must be at least 0")
     if args.run and args.overrides:
         p.error("key=value overrides apply to --config, not to a trained --run")
     if args.device == "cuda" and not torch.cuda.is_available():
@@ -183,12 +190,12 @@ def roll_mismatch(ref: torch.Tensor, other: torch.Tensor) -> tuple[int, float]:
     return notes, float((ref[..., 2] - other[..., 2]).abs().max())
 
 
-def check_modes(model: DeepJ, style: torch.Tensor, steps: int, seed: int) -> dict[str, Any]:
+def check_modes(model: DeepJ, style: torch.Tensor, steps: int, seed: int, redraws: int = 0) -> dict[str, Any]:
     """Every mode's roll against stateful-eager's for one seed (TF32 off on CUDA, see the module docstring)."""
     saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
     torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
     try:
-        rolls = {name: run_once(model, style, SampleConfig(steps=steps, **fields), seed)[2]
+        rolls = {name: run_once(model, style, SampleConfig(steps=steps, silence_redraws=redraws, **fields), seed)[2]
                  for name, fields in MODES.items()}
     finally:
         torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
@@ -233,7 +240,8 @@ def main(argv=None) -> int:
     print(f"model: {model.num_params():,} parameters, N={model.cfg.num_notes}, S={num_styles}; {args.bars} bars = "
           f"{steps} steps = {music_s:g} s of music at {MIDI_BPM:g} bpm; device {args.device}", flush=True)
 
-    check = check_modes(model, styles(args.batches[0], num_styles), min(steps, window), args.seed)
+    check = check_modes(model, styles(args.batches[0], num_styles), min(steps, window), args.seed,
+                        args.silence_redraws)
     if check["identical"]:
         print(f"check: identical ({len(MODES)} modes, batch {check['batch']}, {check['steps']} steps, seed {args.seed},"
               f" {check['sounding_fraction']:.0%} of notes sounding)", flush=True)
@@ -247,7 +255,7 @@ def main(argv=None) -> int:
     for batch in args.batches:
         style = styles(batch, num_styles)
         for name in args.modes:
-            scfg = SampleConfig(steps=steps, **MODES[name])
+            scfg = SampleConfig(steps=steps, silence_redraws=args.silence_redraws, **MODES[name])
             run_once(model, style, dataclasses.replace(scfg, steps=WARMUP_STEPS), args.seed)
             row: dict[str, Any] = {"mode": name, "batch": batch}
             if args.max_seconds is not None:
@@ -279,6 +287,7 @@ def main(argv=None) -> int:
     print(json.dumps({"benchmark": "generate", **source, "model_params": model.num_params(),
                       "num_notes": model.cfg.num_notes, "num_styles": num_styles, "bars": args.bars, "steps": steps,
                       "window": window, "tempo_bpm": MIDI_BPM, "music_seconds_per_piece": music_s,
-                      "repeats": args.repeats, "seed": args.seed, "max_seconds": args.max_seconds,
+                      "repeats": args.repeats, "seed": args.seed,
+                      "silence_redraws": args.silence_redraws, "max_seconds": args.max_seconds,
                       "machine": machine(device), "check": check, "results": results, "speedups": ups}))
     return 0 if check["identical"] else 1
