@@ -280,7 +280,8 @@ def report_markdown(report: dict) -> str:
              f"Checkpoint `{report['checkpoint']}` (step {report['step']}), shards `{report['data']}`. Windows and "
              f"generated pieces of {report['bars']} bars ({report['window_steps']} steps){_lead(report)}, pitches "
              f"[{report['pitch_range'][0]}, {report['pitch_range'][1]}); {report['num']} pieces per style, temperature "
-             f"{report['temperature']}, seed {report['seed']}{_redraws(report)}. Real windows: {report['real_windows']['train']} train "
+             f"{report['temperature']}, seed {report['seed']}{_redraws(report)}. Real windows: "
+             f"{report['real_windows']['train']} train "
              f"(transposed up to +-{report['train_transpose']} as in training) to fit the classifier, "
              f"{report['real_windows']['val']} held-out val windows for the ceiling. Evaluation took "
              f"{report['seconds']} s (before writing pieces, audio and figures).",

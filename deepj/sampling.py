@@ -279,8 +279,9 @@ def generate(model: DeepJ, style: Tensor, cfg: SampleConfig, generator: torch.Ge
 
     Random numbers come only from `generator` (two uniforms per note and step, drawn on the generator's device, one
     (1 + silence_redraws, B, N, 2) draw per step, outside any CUDA graph), so one seed gives the same pieces in every
-    mode and with or without the graph; with silence_redraws = 0 they are the paper's sampler's draws. The model is put in eval mode and restored afterwards. If `stats` is a dict it receives
-    "cuda_graph" (whether a captured graph generated the steps) and "capture_s" (seconds spent capturing it, 0 if not).
+    mode and with or without the graph; with silence_redraws = 0 they are the paper's sampler's draws. The model is
+    put in eval mode and restored afterwards. If `stats` is a dict it receives "cuda_graph" (whether a captured graph
+    generated the steps) and "capture_s" (seconds spent capturing it, 0 if not).
     """
     mcfg = model.cfg
     if style.ndim != 2 or style.shape[1] != mcfg.num_styles:
