@@ -306,16 +306,15 @@ def shift_corrected(x_gen: np.ndarray, y_gen: np.ndarray, x_real: np.ndarray, y_
 
 # ------------------------------------------------------------------------------------------------ generation
 def generate_rolls(model, vectors: torch.Tensor, num: int, steps: int, *, temperature: float, seed: int,
-                   device: str, lead: int = 0, silence_redraws: int | None = None, chunk: int = 128) -> np.ndarray:
+                   device: str, lead: int = 0, silence_redraws: int = SampleConfig.silence_redraws,
+                   chunk: int = 128) -> np.ndarray:
     """(K, S) style vectors -> (K, num, steps, N, 3) rolls: `num` pieces per vector, generated in batches; each
-    piece is `lead` + `steps` steps long and the last `steps` are returned. `silence_redraws`: the sampler's
-    (SampleConfig's default if None)."""
+    piece is `lead` + `steps` steps long and the last `steps` are returned."""
     from deepj.sampling import generate
 
     style = vectors.repeat_interleave(num, dim=0)  # (K * num, S)
     gen = torch.Generator(device=device).manual_seed(seed)
-    redraws = {} if silence_redraws is None else {"silence_redraws": silence_redraws}
-    cfg = SampleConfig(steps=lead + steps, temperature=temperature, **redraws)
+    cfg = SampleConfig(steps=lead + steps, temperature=temperature, silence_redraws=silence_redraws)
     # One CPU thread: sampling is a long chain of small ops; on a shared 2-core machine a second thread made it
     # ~100x slower (261 s against 1.8 s for 32 pieces), and alone it gains little.
     with one_thread() if device == "cpu" else nullcontext():
@@ -360,15 +359,15 @@ def check_compatible(shared: dict, manifest: dict, data_dir) -> None:
 def run_fidelity(path: str | Path, data_dir: str | Path, *, levels=("period",), num: int = 20, bars: int = 0,
                  seed: int = 0, blend: tuple[str, str] | None = None, out: str | Path | None = None,
                  temperature: float = 1.0, max_windows: int = 1500, listen: int = 2, audio: bool = True,
-                 lead_bars: int = 0, silence_redraws: int | None = None, device: str = "cpu", log=print) -> dict:
+                 lead_bars: int = 0, silence_redraws: int = SampleConfig.silence_redraws, device: str = "cpu",
+                 log=print) -> dict:
     """The whole evaluation (see the module docstring); writes the report files and returns the report dict."""
     from deepj import musicstats
     from deepj.generate import load_for_inference
     from deepj.listening import write_report
 
     t0 = time.time()
-    redraws = SampleConfig.silence_redraws if silence_redraws is None else silence_redraws
-    if num < 1 or bars < 0 or max_windows < 1 or listen < 0 or lead_bars < 0 or redraws < 0:
+    if num < 1 or bars < 0 or max_windows < 1 or listen < 0 or lead_bars < 0 or silence_redraws < 0:
         raise FidelityError("--num and --max-windows must be >= 1, --bars, --lead-bars, --listen and "
                             "--silence-redraws >= 0")
     lead = lead_bars * STEPS_PER_BAR
@@ -391,7 +390,7 @@ def run_fidelity(path: str | Path, data_dir: str | Path, *, levels=("period",), 
     styles = manifest["styles"]
     report = {"checkpoint": str(ckpt), "step": int(shared["step"]), "data": str(data_dir), "bars": bars,
               "window_steps": window, "lead_bars": lead_bars, "num": num, "seed": seed, "temperature": temperature,
-              "silence_redraws": redraws,
+              "silence_redraws": silence_redraws,
               "train_transpose": transpose, "styles": list(styles), "pitch_range": [rcfg.min_pitch, rcfg.max_pitch],
               "real_windows": {"train": len(train.style), "val": len(val.style), "train_short": train.short,
                                "val_short": val.short}, "levels": {}}
@@ -411,7 +410,7 @@ def run_fidelity(path: str | Path, data_dir: str | Path, *, levels=("period",), 
         vectors = torch.stack([style_vector([c], shared["styles"], shared["levels"]) for c in names])
         t1 = time.time()
         rolls = generate_rolls(model, vectors, num, window, temperature=temperature, seed=seed, device=device,
-                               lead=lead, silence_redraws=redraws)
+                               lead=lead, silence_redraws=silence_redraws)
         gen_s = time.time() - t1
         x = np.stack([window_features(r, rcfg) for r in rolls.reshape(-1, *rolls.shape[2:])])
         true = np.repeat([classes.index(c) for c in names], num)
@@ -449,7 +448,7 @@ def run_fidelity(path: str | Path, data_dir: str | Path, *, levels=("period",), 
         vectors = torch.stack([style_vector([f"{a}={w}", f"{b}={1 - w}"], shared["styles"], shared["levels"])
                                for w in BLEND_WEIGHTS])
         rolls = generate_rolls(model, vectors, num, window, temperature=temperature, seed=seed + 1, device=device,
-                               lead=lead, silence_redraws=redraws)
+                               lead=lead, silence_redraws=silence_redraws)
         rows = []
         for w, rs in zip(BLEND_WEIGHTS, rolls):
             p = clf.predict_proba(np.stack([window_features(r, rcfg) for r in rs]))
@@ -483,9 +482,9 @@ def parse_args(argv=None):
     p.add_argument("--temperature", type=float, default=1.0)
     p.add_argument("--lead-bars", type=int, default=0,
                    help="generate this many bars more and classify the last window of each piece (0: from its start)")
-    p.add_argument("--silence-redraws", type=int, default=None, metavar="K",
-                   help="redraw a step that would begin a silence up to K times (default: the sampler's, "
-                        f"{SampleConfig.silence_redraws}; 0 = the paper's sampler)")
+    p.add_argument("--silence-redraws", type=int, default=SampleConfig.silence_redraws, metavar="K",
+                   help=f"redraw a step that would begin a silence up to K times (default {SampleConfig.silence_redraws}; "
+                        "0 = the paper's sampler)")
     p.add_argument("--max-windows", type=int, default=1500, help="real windows per leaf style and split, at most")
     p.add_argument("--listen", type=int, default=2, help="pieces per style on the listening page")
     p.add_argument("--no-audio", action="store_true", help="no WAV files, even where FluidSynth is installed")

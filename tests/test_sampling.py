@@ -19,6 +19,15 @@ def _model(seed=0, **kw):
     return DeepJ(ModelConfig(**{**TINY, **kw}))
 
 
+def _constant_play_model(logit: float):
+    """A tiny model whose play logit is `logit` whatever the input (p = sigmoid(logit) per note)."""
+    m = _model()
+    with torch.no_grad():
+        m.head.weight[0].zero_()
+        m.head.bias[0] = logit
+    return m
+
+
 def _gen(model, seed, style=None, **kw):
     style = torch.tensor([[1.0, 0.0], [0.5, 0.5]]) if style is None else style
     return generate(model, style, SampleConfig(**kw), torch.Generator().manual_seed(seed))
@@ -151,10 +160,7 @@ def test_silence_temperature_schedule():
 
 def test_silence_rule_breaks_a_silence():
     # A model that (almost) never plays: play logit -12 whatever the input, p = 6e-6 per note at T = 1.
-    m = _model()
-    with torch.no_grad():
-        m.head.weight[0].zero_()
-        m.head.bias[0] = -12.0
+    m = _constant_play_model(-12.0)
     style = torch.tensor([[1.0, 0.0]] * 3)
     quiet = _gen(m, 0, style=style, steps=96, silence_step=0.0)
     assert quiet[..., 0].sum() == 0  # without the rule the pieces stay silent
@@ -169,10 +175,7 @@ def test_silence_rule_breaks_a_silence():
 
 def test_silence_redraws_make_a_silence_begin_rarely_but_let_it_last():
     # Play logit -3.9 whatever the input: p = 0.0198 per note, so a step of 12 notes is silent with q = 0.787 per draw.
-    m = _model()
-    with torch.no_grad():
-        m.head.weight[0].zero_()
-        m.head.bias[0] = -3.9
+    m = _constant_play_model(-3.9)
     style = torch.tensor([[1.0, 0.0]] * 64)
 
     def rates(k):  # P(first step silent), P(silent | the step before sounded), P(silent | silent before, started)
@@ -259,11 +262,8 @@ def test_cuda_graph_equals_eager(quiet):
     """The graph replays the eager step's kernels on the same uniforms, so the rolls match exactly. (They could differ
     only if capture picked other kernels than eager, e.g. another cuDNN RNN algorithm: then a volume might move in
     its last bits and a note flip only where a uniform lies within that of its threshold.)"""
-    m = _model().cuda()
-    if quiet:  # play logit -12: long silences, so the in-graph silence counter and temperature rise are exercised
-        with torch.no_grad():
-            m.head.weight[0].zero_()
-            m.head.bias[0] = -12.0
+    # quiet: play logit -12, long silences, so the in-graph silence counter and temperature rise are exercised
+    m = (_constant_play_model(-12.0) if quiet else _model()).cuda()
     style = torch.tensor([[1.0, 0.0], [0.5, 0.5], [0.0, 1.0]])
     eager, eager_stats = _gen_cuda(m, 11, 96 if quiet else 40, style, cuda_graph=False)
     graphed, graph_stats = _gen_cuda(m, 11, 96 if quiet else 40, style, cuda_graph=True)
