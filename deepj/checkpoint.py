@@ -2,8 +2,10 @@
 
 Layout of a run folder:
     step-00001000/            a complete checkpoint (renamed into place only after every rank's file is on disk)
-        train.pt              model, optimizer, LR schedule, GradScaler, counters, resolved config, manifest hash
-        rank-00000.pt ...     per rank: loader state and RNG states (torch, CUDA, numpy, random)
+        meta.json             what the checkpoint is (`CheckpointMeta`): model config, styles, pitch range, step, world
+                              size, manifest hash, resolved config. Plain JSON: `cat` it, no torch needed
+        train.pt              the engine's state (model, optimizer, LR schedule, GradScaler) and the loader's position
+        rank-00000.pt ...     per rank: RNG states (torch, CUDA, numpy, random)
         COMPLETE              JSON: step, world size, each file's size; written last, inside the folder
     step-00002000.tmp/        a save in progress, or one killed mid-way: never chosen for resume
     latest                    the name of the newest complete checkpoint (a hint; resume scans and verifies anyway)
@@ -13,6 +15,7 @@ Every load uses `torch.load(weights_only=True)`: a checkpoint can hold tensors a
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import random
@@ -27,10 +30,16 @@ import numpy as np
 import torch
 
 from deepj import dist
+from deepj.config import ConfigError, from_dict, require
+from deepj.model import DeepJ, ModelConfig
+from deepj.representation import ReprConfig
+from deepj.styles import StyleTree
 
 STEP_RE = re.compile(r"^step-(\d{8})$")
 COMPLETE = "COMPLETE"
 SHARED = "train.pt"
+META = "meta.json"
+META_VERSION = 1
 
 
 @dataclass
@@ -39,9 +48,80 @@ class CheckpointConfig:
     keep: int = 3  # complete checkpoints kept (older ones are deleted after a new one is complete)
     resume: str = "auto"  # "auto": newest complete checkpoint in run.dir, if any; "none": start fresh; or a step folder
 
+    def __post_init__(self) -> None:
+        require(self.every >= 0, "checkpoint.every", "at least 0 (0 = only at the end)", self.every)
+        require(self.keep >= 1, "checkpoint.keep", "at least 1 (the newest checkpoint is always kept)", self.keep)
+
 
 class CheckpointError(Exception):
     """A checkpoint that cannot be used; the message names the folder and the reason."""
+
+
+@dataclass
+class CheckpointMeta:
+    """What a checkpoint holds, beside its tensors: everything `load_model`, generation, evaluation and resume need.
+
+    `kind` says which entry wrote it ("train": `deepj.train`; "bl2012": `deepj.bench bl2012`); `config` is that
+    entry's resolved config as a plain dict, for the record and for options that belong to the run (data.seq_len).
+    """
+
+    step: int
+    world_size: int
+    kind: str
+    backend: str
+    model: ModelConfig
+    styles: StyleTree
+    representation: ReprConfig
+    manifest_hash: str  # the corpus the weights were trained on (`Manifest.hash`, or the BL2012 file's checksum)
+    config: dict[str, Any]
+    tool: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        return {"meta_version": META_VERSION, "tool": self.tool, "kind": self.kind, "step": self.step,
+                "world_size": self.world_size, "backend": self.backend, "manifest_hash": self.manifest_hash,
+                "model": dataclasses.asdict(self.model), **self.styles.to_json(),
+                "representation": {"min_pitch": self.representation.min_pitch,
+                                   "max_pitch": self.representation.max_pitch},
+                "config": self.config}
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any], where: Path) -> CheckpointMeta:
+        try:
+            rep = d["representation"]
+            return cls(step=int(d["step"]), world_size=int(d["world_size"]), kind=str(d.get("kind", "train")),
+                       backend=str(d.get("backend", "ddp")), model=from_dict(ModelConfig, d["model"], "model."),
+                       styles=StyleTree.from_leaves(list(d["styles"])),
+                       representation=ReprConfig(int(rep["min_pitch"]), int(rep["max_pitch"])),
+                       manifest_hash=str(d["manifest_hash"]), config=dict(d.get("config", {})),
+                       tool=str(d.get("tool", "")))
+        except (KeyError, TypeError, ValueError, ConfigError) as e:
+            raise CheckpointError(f"{where}: checkpoint metadata is malformed ({type(e).__name__}: {e})") from None
+
+    def write(self, folder: Path) -> None:
+        path = folder / META
+        with open(path, "w", encoding="utf-8") as f:
+            f.write(json.dumps(self.to_json(), indent=1) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+
+    @classmethod
+    def load(cls, ckpt: Path) -> CheckpointMeta:
+        """From `meta.json`; a checkpoint written before meta.json existed has the same facts inside train.pt."""
+        path = Path(ckpt) / META
+        if path.is_file():
+            try:
+                raw = json.loads(path.read_text(encoding="utf-8"))
+            except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
+                raise CheckpointError(f"{path} is unreadable ({e})") from None
+            return cls.from_json(raw, path)
+        legacy = load_shared(Path(ckpt))
+        if "config" not in legacy:
+            raise CheckpointError(f"{ckpt} has neither {META} nor metadata inside {SHARED}; it was not written by "
+                                  "deepj.train or deepj.bench bl2012: train again, or point at another checkpoint")
+        model = legacy["config"]["model"]
+        kind = "bl2012" if "bl2012" in legacy["config"] else "train"
+        return cls.from_json({**legacy, "model": model, "kind": kind,
+                              "backend": legacy["engine"].get("backend", "ddp")}, Path(ckpt) / SHARED)
 
 
 def step_dir(run_dir: Path, step: int) -> Path:
@@ -101,8 +181,9 @@ def _fault_point(where: str, step: int) -> None:
 
 
 def save(run_dir: str | Path, step: int, shared: dict[str, Any] | None, rank_state: dict[str, Any], keep: int,
-         collective_write: Callable[[Path], None] | None = None) -> Path:
-    """Collective: every rank calls it at the same step. `shared` is written by rank 0 only (it may be None elsewhere).
+         collective_write: Callable[[Path], None] | None = None, meta: CheckpointMeta | None = None) -> Path:
+    """Collective: every rank calls it at the same step. `shared` and `meta` are written by rank 0 only (they may be
+    None elsewhere).
 
     `collective_write(tmp_dir)` lets a backend with its own collective save (DeepSpeed) write into the same folder
     before the checkpoint is marked complete.
@@ -121,6 +202,8 @@ def save(run_dir: str | Path, step: int, shared: dict[str, Any] | None, rank_sta
         collective_write(tmp)
     if info.is_main:
         _save_pt(shared, tmp / SHARED)
+        if meta is not None:
+            meta.write(tmp)
     dist.barrier()  # every rank's file is on disk before the checkpoint may be marked complete
     if info.is_main:
         files = {str(p.relative_to(tmp)): p.stat().st_size for p in sorted(tmp.rglob("*")) if p.is_file()}
@@ -209,6 +292,16 @@ def resolve(path_or_run: str | Path) -> Path:
 
 def load_shared(ckpt: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     return _load_pt(ckpt / SHARED, map_location)
+
+
+def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[DeepJ, CheckpointMeta, Path]:
+    """A run folder (its newest complete checkpoint) or a step folder -> (model in eval mode, its metadata, the step
+    folder). The one way from a checkpoint to a model: generation, evaluation, samples and benchmarks use it."""
+    ckpt = resolve(path)
+    meta = CheckpointMeta.load(ckpt)
+    model = DeepJ(meta.model).to(device)
+    model.load_state_dict(load_shared(ckpt, map_location=device)["engine"]["model"])
+    return model.eval(), meta, ckpt
 
 
 def load_rank(ckpt: Path, rank: int) -> dict[str, Any] | None:

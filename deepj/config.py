@@ -22,6 +22,12 @@ class ConfigError(ValueError):
     """A config file or override that cannot be applied; the message names the key."""
 
 
+def require(ok: bool, key: str, rule: str, value: Any) -> None:
+    """For `__post_init__` checks: refuse `value` of `key` unless `ok`, saying the rule (`must be at least 1`)."""
+    if not ok:
+        raise ConfigError(f"{key} must be {rule}, got {value!r}")
+
+
 def _field_types(cls: type) -> dict[str, Any]:
     hints = typing.get_type_hints(cls)
     return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
@@ -101,11 +107,24 @@ def from_dict(cls: type[T], data: dict[str, Any], prefix: str = "") -> T:
             kwargs[name] = from_dict(typ, data[name], prefix + name + ".")
         else:
             kwargs[name] = _coerce(data[name], typ, prefix + name)
-    return cls(**kwargs)
+    try:
+        return cls(**kwargs)
+    except ConfigError:
+        raise
+    except (TypeError, ValueError) as e:  # a __post_init__ check that did not name its key: name the section
+        raise ConfigError(f"{prefix.rstrip('.') or cls.__name__}: {e}") from None
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:
     return dataclasses.asdict(cfg)
+
+
+def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{"a": {"b": 1}} -> {"a.b": 1}: to compare two configs key by key."""
+    out: dict[str, Any] = {}
+    for k, v in tree.items():
+        out.update(flatten(v, f"{prefix}{k}.") if isinstance(v, dict) else {prefix + k: v})
+    return out
 
 
 def _set_path(tree: dict[str, Any], cls: type, dotted: str, raw: str) -> None:
@@ -131,8 +150,7 @@ def _set_path(tree: dict[str, Any], cls: type, dotted: str, raw: str) -> None:
             node_cls = typ
 
 
-def load(cls: type[T], path: str | Path | None = None, overrides: list[str] | None = None) -> T:
-    """Defaults -> TOML file -> `key=value` overrides, all strict."""
+def _tree(cls: type, path: str | Path | None, overrides: list[str] | None) -> dict[str, Any]:
     tree: dict[str, Any] = {}
     if path is not None:
         path = Path(path)
@@ -140,17 +158,24 @@ def load(cls: type[T], path: str | Path | None = None, overrides: list[str] | No
             raise ConfigError(f"config file {path} does not exist")
         try:
             tree = tomllib.loads(path.read_text())
-        except tomllib.TOMLDecodeError as e:
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
             raise ConfigError(f"config file {path} is not valid TOML: {e}") from None
     for item in overrides or []:
         if "=" not in item:
             raise ConfigError(f"override {item!r} is not of the form key=value (e.g. train.max_steps=100)")
         key, raw = item.split("=", 1)
         _set_path(tree, cls, key.strip(), raw.strip())
-    try:
-        return from_dict(cls, tree)
-    except TypeError as e:  # a dataclass __post_init__ or missing required field
-        raise ConfigError(str(e)) from None
+    return tree
+
+
+def load(cls: type[T], path: str | Path | None = None, overrides: list[str] | None = None) -> T:
+    """Defaults -> TOML file -> `key=value` overrides, all strict."""
+    return from_dict(cls, _tree(cls, path, overrides))
+
+
+def given_keys(cls: type, path: str | Path | None = None, overrides: list[str] | None = None) -> set[str]:
+    """The dotted keys that the file or the overrides set (not defaults): to refuse a value that the data decides."""
+    return set(flatten(_tree(cls, path, overrides)))
 
 
 def to_toml(cfg: Any) -> str:

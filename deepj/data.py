@@ -47,8 +47,9 @@ from webdataset.tariterators import group_by_keys, tar_file_expander
 
 from deepj.config import ConfigError
 from deepj.constants import STEPS_PER_BAR
+from deepj.manifest import Manifest, ShardEntry, windows_per_piece
 from deepj.representation import ReprConfig, notes_to_roll, replay_flags
-from deepj.shards import META_KEY, NOTES_KEY, ShardError, decode_notes, manifest_hash, read_manifest
+from deepj.shards import META_KEY, NOTES_KEY, ShardError, decode_notes
 
 STATE_VERSION = 1
 
@@ -84,6 +85,22 @@ class ShardSkipped(UserWarning):
     """A bad shard skipped under on_error="skip"; its windows were replaced by others."""
 
 
+def accumulation_steps(global_batch: int, micro_batch: int, world_size: int) -> int:
+    """Micro-batches per rank per optimizer step: global batch = micro x accumulation x world, nothing else.
+
+    The one check of the batch arithmetic (the loader, deepj.train and `deepj.launch plan` all use it); ConfigError
+    names the keys to change."""
+    if micro_batch < 1 or world_size < 1:
+        raise ConfigError(f"train.micro_batch={micro_batch} and the world size ({world_size}) must be at least 1")
+    per_step = micro_batch * world_size
+    if global_batch < 1 or global_batch % per_step:
+        positive = "positive " if global_batch < 1 else ""
+        raise ConfigError(f"train.global_batch={global_batch} is not a {positive}multiple of train.micro_batch "
+                          f"({micro_batch}) x world size ({world_size}) = {per_step}; "
+                          "global batch = micro x accumulation x world")
+    return global_batch // per_step
+
+
 # splitmix64 constants: a fast, well-mixed integer hash, vectorised in numpy uint64 (wrap-around is intended).
 _GOLDEN, _MIX1, _MIX2 = np.uint64(0x9E3779B97F4A7C15), np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB)
 
@@ -107,24 +124,17 @@ def _window_hash(seed: int, epoch: int, wids: np.ndarray, salt: int = 0) -> np.n
 class _Catalogue:
     """A split's windows from the manifest alone: window id -> (piece, start step), piece -> shard and style."""
 
-    def __init__(self, manifest: dict[str, Any], split: str, shard_dir: Path, seq_len: int, stride: int):
-        self.dir, self.split, self.seq_len, self.stride = shard_dir, split, seq_len, stride
-        self.shards = [s for s in manifest["shards"] if s["split"] == split]
-        if not self.shards:
-            have = sorted({s["split"] for s in manifest["shards"]})
-            raise ShardError(f"{shard_dir}/manifest.json has no shards for split {split!r} (it has: {have})")
-        for s in self.shards:
-            if not len(s["piece_steps"]) == len(s["piece_styles"]) == s["pieces"]:
-                raise ShardError(f"{shard_dir}/manifest.json: entry {s['name']} lists {s['pieces']} pieces but "
-                                 f"{len(s['piece_steps'])} piece_steps and {len(s['piece_styles'])} piece_styles")
-        steps = np.array([t for s in self.shards for t in s["piece_steps"]], dtype=np.int64)
-        self.piece_style = np.array([t for s in self.shards for t in s["piece_styles"]], dtype=np.int64)
-        group = [name.split("/")[0] for name in manifest["styles"]]
+    def __init__(self, manifest: Manifest, split: str, seq_len: int, stride: int):
+        self.dir, self.split, self.seq_len, self.stride = manifest.dir, split, seq_len, stride
+        self.shards: list[ShardEntry] = manifest.split(split)  # ShardError naming the file when the split has none
+        steps = manifest.piece_steps(split)  # (P,) int64, manifest order
+        self.piece_style = manifest.piece_styles(split)  # (P,) int64
+        group = [name.split("/")[0] for name in manifest.styles.styles]
         same = np.array([[g == h for h in group] for g in group], dtype=np.float32)  # (S, S)
         self.group_style = same / same.sum(1, keepdims=True)  # (S, S): row i = the mixture over leaf i's group
-        windows = np.maximum(1, (steps - seq_len) // stride + 1)
+        windows = windows_per_piece(steps, seq_len, stride)
         self.piece_first = np.concatenate([[0], np.cumsum(windows)])  # (P + 1,) first window id of each piece
-        self.shard_first_piece = np.concatenate([[0], np.cumsum([s["pieces"] for s in self.shards])])
+        self.shard_first_piece = np.concatenate([[0], np.cumsum([s.pieces for s in self.shards])])
         self.shard_first = self.piece_first[self.shard_first_piece]  # (S + 1,) first window id of each shard
         self.total = int(self.piece_first[-1])
 
@@ -251,23 +261,23 @@ class _WindowSource:
     def _read_shard(self, s: int) -> list[bytes] | None:
         """The shard's notes blobs in tar order, all checked against the manifest; None if bad in skip mode."""
         entry = self.cat.shards[s]
-        path = self.cat.dir / entry["name"]
+        path = self.cat.dir / entry.name
         try:
             return self._read_checked(path, entry)
         except ShardError as e:
             if self.cfg.on_error == "raise":
                 raise
             self.bad[s] = str(e)
-            self.unreported.append(entry["name"] + "\t" + str(e))
+            self.unreported.append(entry.name + "\t" + str(e))
             return None
 
-    def _read_checked(self, path: Path, entry: dict[str, Any]) -> list[bytes]:
+    def _read_checked(self, path: Path, entry: ShardEntry) -> list[bytes]:
         if not path.is_file():
             raise ShardError(f"{path}: shard file missing (listed in manifest.json)")
         size = path.stat().st_size
-        if size != entry["bytes"]:
-            what = "truncated" if size < entry["bytes"] else "of the wrong size"
-            raise ShardError(f"{path}: shard {what}: {size} bytes, manifest.json says {entry['bytes']}")
+        if size != entry.bytes:
+            what = "truncated" if size < entry.bytes else "of the wrong size"
+            raise ShardError(f"{path}: shard {what}: {size} bytes, manifest.json says {entry.bytes}")
         blobs = []
         with open(path, "rb") as f:
             reader = _HashingReader(f)
@@ -277,9 +287,9 @@ class _WindowSource:
                         raise ShardError(f"{path}: sample {k} has members {sorted(sample)} instead of "
                                          f"{NOTES_KEY} and {META_KEY} (corrupt tar header?)")
                     meta = json.loads(sample[META_KEY])
-                    if k >= entry["pieces"]:
-                        raise ShardError(f"{path}: more samples than the {entry['pieces']} of manifest.json")
-                    if meta["steps"] != entry["piece_steps"][k] or meta["style_id"] != entry["piece_styles"][k]:
+                    if k >= entry.pieces:
+                        raise ShardError(f"{path}: more samples than the {entry.pieces} of manifest.json")
+                    if meta["steps"] != entry.piece_steps[k] or meta["style_id"] != entry.piece_styles[k]:
                         raise ShardError(f"{path}: sample {k} ({meta['steps']} steps, style {meta['style_id']}) "
                                          f"does not match manifest.json's entry")
                     blobs.append(sample[NOTES_KEY])
@@ -287,11 +297,11 @@ class _WindowSource:
                 raise ShardError(f"{path}: unreadable by WebDataset: {type(e).__name__}: {e}") from e
             while reader.read(1 << 20):  # the tar reader stops at the end marker; hash the padding too
                 pass
-        if entry.get("sha256") and reader.sha.hexdigest() != entry["sha256"]:
+        if entry.sha256 and reader.sha.hexdigest() != entry.sha256:  # "" when the manifest lists none
             raise ShardError(f"{path}: sha256 {reader.sha.hexdigest()[:12]}... differs from manifest.json's "
-                             f"{entry['sha256'][:12]}... (corrupt shard)")
-        if len(blobs) != entry["pieces"]:
-            raise ShardError(f"{path}: holds {len(blobs)} pieces, manifest.json says {entry['pieces']}")
+                             f"{entry.sha256[:12]}... (corrupt shard)")
+        if len(blobs) != entry.pieces:
+            raise ShardError(f"{path}: holds {len(blobs)} pieces, manifest.json says {entry.pieces}")
         return blobs
 
     def _load(self, b: int) -> dict[int, Any]:
@@ -319,7 +329,7 @@ class _WindowSource:
         item = pieces[piece]
         if isinstance(item, bytes):
             s = int(np.searchsorted(self.cat.shard_first_piece, piece, side="right")) - 1
-            where = f"{self.cat.dir / self.cat.shards[s]['name']}: piece {piece - self.cat.shard_first_piece[s]}"
+            where = f"{self.cat.dir / self.cat.shards[s].name}: piece {piece - self.cat.shard_first_piece[s]}"
             try:  # after a matching sha256 this means a writer bug, so it raises in skip mode too
                 notes = decode_notes(item)
             except ShardError as e:
@@ -442,11 +452,10 @@ def _stream(ds: _MicroBatches, workers: int, skipped: dict[str, str],
             shutdown()
 
 
-def _open(cfg: DataConfig, split: str) -> tuple[dict[str, Any], ReprConfig, _Catalogue]:
-    manifest = read_manifest(cfg.dir)
-    rep = manifest["representation"]
-    rcfg = ReprConfig(min_pitch=rep["min_pitch"], max_pitch=rep["max_pitch"])
-    return manifest, rcfg, _Catalogue(manifest, split, Path(cfg.dir), cfg.seq_len, cfg.stride)
+def _open(cfg: DataConfig, split: str, manifest: Manifest | None = None) -> tuple[Manifest, _Catalogue]:
+    """The manifest (read from data.dir unless given) and the split's catalogue of windows."""
+    manifest = manifest if manifest is not None else Manifest.load(cfg.dir)
+    return manifest, _Catalogue(manifest, split, cfg.seq_len, cfg.stride)
 
 
 class StreamingLoader:
@@ -456,34 +465,34 @@ class StreamingLoader:
     notes[:, :-1] and `target` = notes[:, 1:] (views), `beat` (B, L) int64 = (s + t) % 16 of target step t, `style`
     (B, S) float32 one-hot (with `data.group_style` and augment, some rows are their style group's mixture),
     `window` (B, 3) int64 = (piece index in the split, start step, transposition).
+
+    `manifest`: the shard folder's, when the caller has read it already (default: read from `cfg.dir`).
     """
 
     def __init__(self, cfg: DataConfig, split: str = "train", *, micro_batch: int, global_batch: int, rank: int = 0,
                  world_size: int = 1, seed: int = 0, shuffle: bool = True, augment: bool = True,
-                 pin_memory: bool = False):
+                 pin_memory: bool = False, manifest: Manifest | None = None):
         if micro_batch < 1 or world_size < 1 or not 0 <= rank < world_size or seed < 0:
             raise ValueError(f"need micro_batch >= 1, 0 <= rank < world_size, seed >= 0; got micro_batch={micro_batch},"
                              f" rank={rank}, world_size={world_size}, seed={seed}")
         self.cfg, self.split, self.seed, self.shuffle, self.augment = cfg, split, seed, shuffle, augment
         self.pin_memory = pin_memory  # workers' batches land in page-locked memory: faster, asynchronous GPU copies
         self.rank, self.world_size, self.micro_batch = rank, world_size, micro_batch
-        self.manifest, self.repr_cfg, self._cat = _open(cfg, split)
-        self.num_styles = len(self.manifest["styles"])
-        self.corpus = manifest_hash(self.manifest)
-        per_step = micro_batch * world_size
-        if global_batch < 1 or global_batch % per_step:
-            raise ValueError(f"global_batch {global_batch} must be a positive multiple of micro_batch {micro_batch} "
-                             f"x world_size {world_size} = {per_step}")
+        self.manifest, self._cat = _open(cfg, split, manifest)
+        self.repr_cfg: ReprConfig = self.manifest.representation
+        self.num_styles = self.manifest.styles.num_styles
+        self.corpus = self.manifest.hash
+        accumulation = accumulation_steps(global_batch, micro_batch, world_size)  # ConfigError, a ValueError
         if global_batch > self._cat.total:
             raise ValueError(f"split {split!r} of {cfg.dir} has {self._cat.total} windows (seq_len {cfg.seq_len}, "
                              f"stride {cfg.stride}), fewer than one global batch {global_batch}; lower the batch or "
                              "the stride")
-        self.global_batch, self.accumulation = global_batch, global_batch // per_step
+        self.global_batch, self.accumulation = global_batch, accumulation
         if cfg.on_error == "raise":  # fail at start, not hours in, on a shard that is plainly missing or cut short
             for s in self._cat.shards:
-                path = Path(cfg.dir) / s["name"]
-                if not path.is_file() or path.stat().st_size < s["bytes"]:
-                    raise ShardError(f"{path}: shard file missing or truncated (manifest.json says {s['bytes']} bytes)")
+                path = self._cat.dir / s.name
+                if not path.is_file() or path.stat().st_size < s.bytes:
+                    raise ShardError(f"{path}: shard file missing or truncated (manifest.json says {s.bytes} bytes)")
         self.epoch, self._consumed, self._micro, self._generation = 0, 0, 0, 0
         self.skipped_shards: dict[str, str] = {}
 
@@ -555,14 +564,15 @@ class StreamingLoader:
 
 
 def validation_batches(cfg: DataConfig, *, micro_batch: int, rank: int, world_size: int, num_batches: int,
-                       split: str = "val") -> Iterator[dict[str, Any]]:
+                       split: str = "val", manifest: Manifest | None = None) -> Iterator[dict[str, Any]]:
     """Exactly `num_batches` micro-batches on every rank: fixed windows spread evenly over the split (cycled when
-    it has fewer than num_batches * world_size * micro_batch), in manifest order, no augmentation."""
+    it has fewer than num_batches * world_size * micro_batch), in manifest order, no augmentation. `manifest`: as
+    for StreamingLoader (default: read from `cfg.dir`)."""
     if micro_batch < 1 or num_batches < 0 or not 0 <= rank < world_size:
         raise ValueError(f"need micro_batch >= 1, num_batches >= 0, 0 <= rank < world_size; got {micro_batch}, "
                          f"{num_batches}, {rank}, {world_size}")
-    manifest, rcfg, cat = _open(cfg, split)
+    manifest, cat = _open(cfg, split, manifest)
     plan = _ValPlan(num_batches, micro_batch, rank, world_size, cat.total)
-    ds = _MicroBatches(cat, _Order(cat, 0, 0, False, cfg.shuffle_block), rcfg, cfg, len(manifest["styles"]), False,
-                       plan)
+    ds = _MicroBatches(cat, _Order(cat, 0, 0, False, cfg.shuffle_block), manifest.representation, cfg,
+                       manifest.styles.num_styles, False, plan)
     return _stream(ds, cfg.workers, {})

@@ -10,9 +10,9 @@ import sys
 from pathlib import Path
 
 from deepj import generate
-from deepj.generate import load_for_inference
+from deepj.checkpoint import CheckpointMeta, resolve
+from deepj.styles import slug
 from deepj.render import audio_available
-from deepj.styles import top_level_names
 
 
 def main(argv=None) -> int:
@@ -21,8 +21,8 @@ def main(argv=None) -> int:
     p.add_argument("--bars", type=int, default=16)
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
-    _, shared, ckpt = load_for_inference(args.run)
-    periods = top_level_names(shared["styles"], shared["levels"])
+    ckpt = resolve(args.run)  # the newest complete checkpoint; its metadata alone names the styles
+    periods = CheckpointMeta.load(ckpt).styles.top_level()
     wav = ["--wav"] if audio_available()[0] else []
     out = Path(args.run) / "samples"
     jobs = [[name] for name in periods]
@@ -30,12 +30,13 @@ def main(argv=None) -> int:
         jobs.append([f"{periods[0]}=0.5", f"{periods[1]}=0.5"])
     for styles in jobs:
         rc = generate.main([args.run, *sum((["--style", s] for s in styles), []), "--bars", str(args.bars),
-                            "--seed", str(args.seed), "--out", str(out / generate.slug(styles)), *wav])
+                            "--seed", str(args.seed), "--out", str(out / slug(styles)), *wav])
         if rc:
             return rc
     print("\n== deepj demo: done ==")
     print(f"checkpoint:   {ckpt}")
-    print(f"samples:      {out}/<style>/piece-00.mid, .png" + (", .wav" if wav else " (no WAV: " + audio_available()[1] + ")"))
+    audio = ", .wav" if wav else f" (no WAV: {audio_available()[1]})"
+    print(f"samples:      {out}/<style>/piece-00.mid, .png{audio}")
     print(f"tensorboard:  tensorboard --logdir {Path(args.run) / 'tb'}")
     print(f"more music:   python -m deepj.generate {args.run} --style {periods[0]} --bars 32 --num 4")
     return 0

@@ -1,7 +1,8 @@
-"""The one seam between the training loop and data parallelism: `backward`, `step`, `no_sync`.
+"""The one seam between the training loop and data parallelism: the `Engine` protocol, and its DDP implementation.
 
-`DDPEngine` wraps torch DDP (or nothing, in one process). The DeepSpeed engine lives in `deepj/engine_deepspeed.py`
-behind the same four methods, so `train.py` never asks which backend it runs.
+`DDPEngine` wraps torch DDP (or nothing, in one process); `DeepSpeedEngine` (engine_deepspeed.py) wraps a DeepSpeed
+engine. Both implement `Engine` with the same types, and `build_engine` picks one from `train.backend`, so the
+training loop never asks which backend it runs.
 
 Accumulation: the loop calls `backward(loss)` once per micro-batch with the micro-batch's mean loss and `step()` once per
 optimizer step. The engine divides by the accumulation count (DDP then averages over ranks), so the gradient is the
@@ -11,13 +12,73 @@ mean over the global batch: exactly what one process computes on the whole globa
 from __future__ import annotations
 
 import contextlib
-from typing import Literal
+from pathlib import Path
+from typing import TYPE_CHECKING, ContextManager, Literal, Protocol
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
+from deepj.dist import DistInfo
+from deepj.optim import OptimConfig, build_optimizer, build_scheduler
+
+if TYPE_CHECKING:
+    from deepj.train_config import TrainLoopConfig
+
 Precision = Literal["fp32", "bf16", "fp16"]
+
+
+class Engine(Protocol):
+    """What the training loop needs of a data-parallel backend. `module` is the bare model (for samples, metadata)."""
+
+    module: nn.Module
+
+    def __call__(self, prev: Tensor, target: Tensor, beat: Tensor, style: Tensor) -> Tensor:
+        """(B, T, N, 3) previous notes, (B, T, N, 3) targets, (B, T) beats, (B, S) style -> (B, T, N, 3) outputs."""
+
+    def no_sync(self) -> ContextManager[None]:
+        """Around a micro-batch that is not the last of its optimizer step: no gradient all-reduce."""
+
+    def backward(self, loss: Tensor) -> None:
+        """Once per micro-batch, with that micro-batch's mean loss; the engine divides by the accumulation count."""
+
+    def step(self) -> Tensor:
+        """Once per optimizer step; returns the global gradient norm before clipping as a 0-d tensor on the device
+        (reading it waits for the device)."""
+
+    def train(self) -> None: ...
+
+    def eval(self) -> None: ...
+
+    def lr(self) -> float: ...
+
+    def state_dict(self) -> dict:
+        """What rank 0 writes into train.pt; always holds the full model weights under "model"."""
+
+    def load_state_dict(self, state: dict) -> None: ...
+
+    def save_collective(self, tmp_dir: Path) -> None:
+        """Every rank, inside the checkpoint's temporary folder, before it is marked complete."""
+
+    def load_collective(self, ckpt_dir: Path) -> None:
+        """Every rank, on resume, after `load_state_dict`."""
+
+    def compute_dtypes(self) -> set[torch.dtype]:
+        """The dtypes the model's LSTMs really compute in (what the precision setting does on this device)."""
+
+
+def build_engine(model: nn.Module, train: TrainLoopConfig, optim: OptimConfig, info: DistInfo,
+                 accumulation: int) -> Engine:
+    """The optimizer, its schedule and the backend named by `train.backend` around `model`."""
+    optimizer = build_optimizer(model.parameters(), optim)
+    scheduler = build_scheduler(optimizer, optim, train.max_steps)
+    if train.backend == "deepspeed":
+        from deepj.engine_deepspeed import DeepSpeedEngine
+
+        return DeepSpeedEngine(model, optimizer, scheduler, train=train, grad_clip=optim.grad_clip, info=info,
+                               accumulation=accumulation)
+    return DDPEngine(model, optimizer, scheduler, device=info.device, distributed=info.distributed,
+                     accumulation=accumulation, precision=train.precision, grad_clip=optim.grad_clip)
 
 
 def autocast_dtype(precision: Precision) -> torch.dtype | None:
@@ -113,10 +174,19 @@ class DDPEngine:
         if state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
 
+    def save_collective(self, tmp_dir: Path) -> None:
+        pass  # everything is in state_dict, which rank 0 writes
 
-def lstm_compute_dtypes(module: nn.Module, device: torch.device, precision: Precision, num_styles: int,
-                        num_notes: int) -> set[torch.dtype]:
-    """The dtypes the model's LSTMs actually compute in under `precision` (pitfall 15), from one tiny forward.
+    def load_collective(self, ckpt_dir: Path) -> None:
+        pass
+
+    def compute_dtypes(self) -> set[torch.dtype]:
+        return lstm_compute_dtypes(self.module, self.device, self.precision)
+
+
+def lstm_compute_dtypes(module: nn.Module, device: torch.device, precision: Precision) -> set[torch.dtype]:
+    """The dtypes the model's LSTMs actually compute in under `precision`, from one tiny forward
+    (docs/design.md, distributed pitfall 15).
 
     Autocast decides per op: on CPU, bf16 autocast runs LSTMs in bf16; on CUDA, ATen's autocast casts cuDNN RNNs to
     float16 even under bf16 autocast, so a bf16 run there gets fp16 LSTMs (without a GradScaler). Training prints
@@ -126,9 +196,9 @@ def lstm_compute_dtypes(module: nn.Module, device: torch.device, precision: Prec
     hooks = [m.register_forward_hook(lambda _m, _i, out: seen.add(out[0].dtype))
              for m in module.modules() if isinstance(m, nn.LSTM)]
     dtype = autocast_dtype(precision)
-    notes = torch.zeros(1, 2, num_notes, 3, device=device)  # (B, T, N, 3)
-    beat = torch.zeros(1, 2, dtype=torch.long, device=device)
-    style = torch.zeros(1, num_styles, device=device)
+    notes = torch.zeros(1, 2, module.cfg.num_notes, 3, device=device)  # (B, T, N, 3)
+    beat = torch.zeros(1, 2, dtype=torch.long, device=device)  # (B, T)
+    style = torch.zeros(1, module.cfg.num_styles, device=device)  # (B, S)
     was_training = module.training
     module.eval()
     try:

@@ -1,4 +1,4 @@
-"""DeepSpeed behind the same seam as DDP: `backward`, `step`, `no_sync`, plus its own collective checkpoint.
+"""DeepSpeed behind the same `Engine` protocol as DDP (deepj/engine.py), with its own collective checkpoint.
 
 Our config stays the single source of truth: micro-batch, accumulation, global batch, gradient clipping and precision
 are written into the DeepSpeed config taken from `train.deepspeed_config` (ZeRO stage and the like), so the two can
@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+from deepj.dist import DistInfo
 from deepj.engine import check_precision
 
 DS_TAG = "deepspeed"  # sub-folder of our step folder that holds DeepSpeed's own checkpoint
@@ -38,23 +39,21 @@ def build_ds_config(base: dict, *, micro_batch: int, accumulation: int, world_si
 
 
 class DeepSpeedEngine:
-    def __init__(self, model, optimizer, scheduler, *, cfg, accumulation: int):
+    def __init__(self, model, optimizer, scheduler, *, train, grad_clip: float, info: DistInfo, accumulation: int):
+        """`train`: the training loop's config section (micro_batch, precision, deepspeed_config)."""
         import deepspeed
 
-        from deepj import dist
-
-        info = dist.info()
-        check_precision(cfg.train.precision, info.device)
-        path = Path(cfg.train.deepspeed_config)
+        check_precision(train.precision, info.device)
+        path = Path(train.deepspeed_config)
         if not path.is_file():
             raise FileNotFoundError(f"train.deepspeed_config: {path} does not exist (see launcher/ds_zero*.json)")
-        ds_cfg = build_ds_config(json.loads(path.read_text()), micro_batch=cfg.train.micro_batch,
+        ds_cfg = build_ds_config(json.loads(path.read_text()), micro_batch=train.micro_batch,
                                  accumulation=accumulation, world_size=info.world_size,
-                                 precision=cfg.train.precision, grad_clip=cfg.optim.grad_clip)
+                                 precision=train.precision, grad_clip=grad_clip)
         self.ds, self.optimizer, _, self.scheduler = deepspeed.initialize(
             model=model, optimizer=optimizer, lr_scheduler=scheduler, config=ds_cfg)
         self.module = self.ds.module
-        self.precision = cfg.train.precision
+        self.precision = train.precision
 
     def __call__(self, *args):
         # DeepSpeed's bf16/fp16 modes cast the module itself; inputs must follow its dtype (targets stay float32).
@@ -71,16 +70,19 @@ class DeepSpeedEngine:
         if not boundary:
             self.ds.step()  # counts the micro-step; no optimizer step before the boundary
 
-    def step(self) -> float:
+    def step(self) -> torch.Tensor:
         # ZeRO-1/2 and DeepSpeed's fp16 optimizer record the global norm; at stage 0 the reduced gradients sit in .grad
         # and DeepSpeed records nothing, so take the norm there before the step clears them.
+        device = next(self.module.parameters()).device
         own = None
         if self.ds.zero_optimization_stage() == 0:
             grads = [p.grad.detach().float().norm() for p in self.module.parameters() if p.grad is not None]
-            own = float(torch.stack(grads).norm()) if grads else 0.0
+            own = torch.stack(grads).norm() if grads else torch.zeros((), device=device)
         self.ds.step()
-        norm = self.ds.get_global_grad_norm()
-        return own if own is not None else float(norm) if norm is not None else 0.0
+        if own is not None:
+            return own
+        norm = self.ds.get_global_grad_norm()  # a float, a tensor or None, depending on the optimizer
+        return torch.as_tensor(0.0 if norm is None else norm, dtype=torch.float32, device=device)
 
     def train(self) -> None:
         self.ds.train()
@@ -105,3 +107,6 @@ class DeepSpeedEngine:
 
     def load_state_dict(self, state: dict) -> None:
         pass  # everything is in DeepSpeed's own files (load_collective)
+
+    def compute_dtypes(self) -> set[torch.dtype]:
+        return {next(self.module.parameters()).dtype}  # DeepSpeed casts the module itself; no autocast

@@ -41,10 +41,11 @@ import torch
 import torch.nn.functional as F
 
 from deepj import checkpoint
+from deepj.checkpoint import CheckpointMeta, load_model
 from deepj.constants import PLAY, REPLAY, STEPS_PER_BAR, VOLUME
-from deepj.data import DataConfig, StreamingLoader, validation_batches
-from deepj.generate import load_for_inference
-from deepj.shards import ShardError, manifest_hash, read_manifest
+from deepj.data import DataConfig, validation_batches
+from deepj.manifest import Manifest
+from deepj.shards import ShardError
 
 DEFAULT_SEQ_LEN = 128
 
@@ -126,13 +127,25 @@ class NLLAccumulator:
         return out
 
 
-def split_piece_steps(manifest: dict, split: str) -> np.ndarray:
-    """Steps of each piece of a split, in the loader's piece order (manifest shard order, tar order within)."""
-    return np.array([t for s in manifest["shards"] if s["split"] == split for t in s["piece_steps"]], dtype=np.int64)
+def check_compatible(meta: CheckpointMeta, manifest: Manifest, ckpt: str | Path | None = None) -> None:
+    """Refuse a checkpoint and a shard folder that cannot be scored together: another pitch range (the shards' note
+    columns would mean other pitches) or a style of the shards that the checkpoint was not trained with. `ckpt`, the
+    checkpoint's step folder, is named in the message."""
+    name = f"the checkpoint {ckpt}" if ckpt else "the checkpoint"
+    ck, rep = meta.representation, manifest.representation
+    if (ck.min_pitch, ck.max_pitch) != (rep.min_pitch, rep.max_pitch):
+        raise EvalError(f"refusing: {name} models MIDI pitches [{ck.min_pitch}, {ck.max_pitch}), the shards in "
+                        f"{manifest.dir} hold [{rep.min_pitch}, {rep.max_pitch}); use shards preprocessed with the "
+                        "checkpoint's pitch range")
+    missing = [s for s in manifest.styles.styles if s not in meta.styles.styles]
+    if missing:
+        raise EvalError(f"refusing: the shards in {manifest.dir} hold style(s) that {name} was not trained with: "
+                        f"{', '.join(missing)} (its styles: {', '.join(meta.styles.styles)})")
 
 
 def style_map(ckpt_styles: list[str], data_styles: list[str]) -> torch.Tensor:
     """(S_data, S_ckpt) 0/1 matrix taking the shards' style one-hots to the checkpoint's slots, matched by name."""
+    ckpt_styles, data_styles = list(ckpt_styles), list(data_styles)
     missing = [s for s in data_styles if s not in ckpt_styles]
     if missing:
         raise EvalError(f"the shards hold style(s) the checkpoint was not trained with: {', '.join(missing)} "
@@ -144,25 +157,21 @@ def style_map(ckpt_styles: list[str], data_styles: list[str]) -> torch.Tensor:
 
 
 @torch.no_grad()
-def evaluate(model, shared: dict, data_dir: str | Path, split: str = "val", *, seq_len: int, stride: int | None = None,
-             batch_size: int = 16, batches: int = 0, device: str | torch.device = "cpu") -> dict:
-    """Score `model` on a split of a shard folder; returns the metrics dict (see the module docstring)."""
-    manifest = read_manifest(data_dir)
-    rep, ck_rep = manifest["representation"], shared["representation"]
-    if (rep["min_pitch"], rep["max_pitch"]) != (ck_rep["min_pitch"], ck_rep["max_pitch"]):
-        raise EvalError(f"refusing: the checkpoint models MIDI pitches [{ck_rep['min_pitch']}, {ck_rep['max_pitch']}), "
-                        f"the shards in {data_dir} hold [{rep['min_pitch']}, {rep['max_pitch']}); evaluate on shards "
-                        "preprocessed with the checkpoint's range")
-    smap = style_map(list(shared["styles"]), list(manifest["styles"])).to(device)
-    steps = split_piece_steps(manifest, split)
+def evaluate(model, meta: CheckpointMeta, data_dir: str | Path, split: str = "val", *, seq_len: int,
+             stride: int | None = None, batch_size: int = 16, batches: int = 0, device: str | torch.device = "cpu",
+             ckpt: str | Path | None = None) -> dict:
+    """Score `model`, which `meta` describes, on a split of a shard folder; returns the metrics dict (see the module
+    docstring). `ckpt` names the checkpoint in a refusal."""
+    manifest = Manifest.load(data_dir)
+    check_compatible(meta, manifest, ckpt)
+    smap = style_map(meta.styles.styles, manifest.styles.styles).to(device)
+    steps = manifest.piece_steps(split)  # refuses a split without shards, naming the splits there are
     if len(steps) == 0 or int(steps.sum()) == 0:
-        have = sorted({s["split"] for s in manifest["shards"]})
-        raise EvalError(f"{data_dir}: split {split!r} has no pieces (splits with shards: {', '.join(have) or 'none'})")
+        raise EvalError(f"{data_dir}: split {split!r} has no pieces")
     cfg = DataConfig(dir=str(data_dir), seq_len=seq_len, stride=stride or seq_len, transpose=0, workers=0)
     # A full pass: enough micro-batches to cover every window; positions beyond the last window wrap around
     # (validation_batches cycles), and those rows are masked out below, so each window counts once.
-    total_windows = StreamingLoader(cfg, split, micro_batch=1, global_batch=1, shuffle=False,
-                                    augment=False).total_windows
+    total_windows = manifest.windows(split, cfg.seq_len, cfg.stride)
     full = batches == 0
     num_batches = math.ceil(total_windows / batch_size) if full else batches
     acc = NLLAccumulator(model.cfg.num_notes, model.cfg.play_only)
@@ -180,11 +189,12 @@ def evaluate(model, shared: dict, data_dir: str | Path, split: str = "val", *, s
         out = model(batch["prev"].to(device), batch["target"].to(device), batch["beat"].to(device), style)
         acc.add(out.float().cpu(), batch["target"], batch["beat"], mask)
     res = acc.result()
+    rep = manifest.representation
     res["per_pitch"] = acc.profile(acc.pitch)
-    res["per_pitch"]["midi_pitch"] = list(range(rep["min_pitch"], rep["max_pitch"]))
+    res["per_pitch"]["midi_pitch"] = list(range(rep.min_pitch, rep.max_pitch))
     res["per_beat"] = acc.profile(acc.beat)
-    res.update({"split": split, "data": str(data_dir), "manifest_hash": manifest_hash(manifest),
-                "same_corpus_as_training": manifest_hash(manifest) == shared.get("manifest_hash"),
+    res.update({"split": split, "data": str(data_dir), "manifest_hash": manifest.hash,
+                "same_corpus_as_training": manifest.hash == meta.manifest_hash,
                 "seq_len": seq_len, "stride": cfg.stride, "batch_size": batch_size,
                 "mode": "full pass" if full else f"{batches} batches", "play_only": model.cfg.play_only})
     return res
@@ -270,6 +280,12 @@ def write_report(res: dict, run_dir: Path, ckpt: Path, step: int) -> list[Path]:
     return paths
 
 
+def run_seq_len(meta: CheckpointMeta, default: int = DEFAULT_SEQ_LEN) -> int:
+    """The training window length of a checkpoint's run (`data.seq_len` of a deepj.train run), else `default`."""
+    data = meta.config.get("data", {}) if meta.kind == "train" else {}
+    return int(data.get("seq_len", default))
+
+
 def parse_args(argv=None):
     p = argparse.ArgumentParser(prog="python -m deepj.evaluate", description=__doc__.splitlines()[0])
     p.add_argument("checkpoint", help="a run folder (its newest complete checkpoint) or a step-NNNNNNNN folder")
@@ -297,14 +313,14 @@ def main(argv=None) -> int:
         print("error: --batches, --seq-len and --stride must be >= 0, --batch-size >= 1", file=sys.stderr)
         return 2
     try:
-        model, shared, ckpt = load_for_inference(args.checkpoint, args.device)
-        seq_len = args.seq_len or shared["config"].get("data", {}).get("seq_len", DEFAULT_SEQ_LEN)
-        res = evaluate(model, shared, args.data, args.split, seq_len=seq_len, stride=args.stride or None,
-                       batch_size=args.batch_size, batches=args.batches, device=args.device)
+        model, meta, ckpt = load_model(args.checkpoint, args.device)
+        seq_len = args.seq_len or run_seq_len(meta)
+        res = evaluate(model, meta, args.data, args.split, seq_len=seq_len, stride=args.stride or None,
+                       batch_size=args.batch_size, batches=args.batches, device=args.device, ckpt=ckpt)
     except (checkpoint.CheckpointError, ShardError, EvalError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    paths = write_report(res, ckpt.parent, ckpt, int(shared["step"]))
+    paths = write_report(res, ckpt.parent, ckpt, meta.step)
     c = res["counts"]
     print(f"{ckpt} on {args.data} [{args.split}, {res['mode']}]: {c['frames']} frames in {c['windows']} windows")
 

@@ -7,34 +7,19 @@ checkpoint. Writes per piece a MIDI file (pretty_midi, 120 bpm), a PNG piano rol
 from __future__ import annotations
 
 import argparse
-import re
 import sys
 from pathlib import Path
 
 import torch
 
-from deepj import checkpoint
-from deepj.config import from_dict
+from deepj.checkpoint import CheckpointError, load_model
 from deepj.constants import STEPS_PER_BAR
+
 from deepj.midi_io import write_midi
-from deepj.model import DeepJ, ModelConfig
 from deepj.render import audio_available, render_wav, save_png
-from deepj.representation import ReprConfig, roll_to_notes
+from deepj.representation import roll_to_notes
 from deepj.sampling import SampleConfig, generate
-from deepj.styles import StyleError, style_vector
-
-
-def load_for_inference(path: str | Path, device: str | torch.device = "cpu") -> tuple[DeepJ, dict, Path]:
-    """A run folder or step folder -> (model in eval mode, the checkpoint's shared state, the step folder)."""
-    ckpt = checkpoint.resolve(path)
-    shared = checkpoint.load_shared(ckpt, map_location=device)
-    model = DeepJ(from_dict(ModelConfig, shared["config"]["model"], "model.")).to(device)
-    model.load_state_dict(shared["engine"]["model"])
-    return model.eval(), shared, ckpt
-
-
-def slug(specs: list[str]) -> str:
-    return re.sub(r"[^a-z0-9=.+-]+", "-", "+".join(specs).lower()).strip("-") or "style"
+from deepj.styles import StyleError, slug
 
 
 def parse_args(argv=None):
@@ -63,9 +48,9 @@ def main(argv=None) -> int:
     if args.device == "cpu":
         torch.set_num_threads(1)  # sampling runs N tiny note-steps per step: threads cost more than they give
     try:
-        model, shared, ckpt = load_for_inference(args.checkpoint, args.device)
-        style = style_vector(args.style, shared["styles"], shared["levels"])
-    except (checkpoint.CheckpointError, StyleError) as e:
+        model, meta, ckpt = load_model(args.checkpoint, args.device)
+        style = meta.styles.vector(args.style)
+    except (CheckpointError, StyleError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     if args.bars < 1 or args.num < 1 or args.silence_redraws < 0:
@@ -80,12 +65,11 @@ def main(argv=None) -> int:
                        silence_redraws=args.silence_redraws)
     gen = torch.Generator(device=args.device).manual_seed(args.seed)
     rolls = generate(model, style.unsqueeze(0).expand(args.num, -1).contiguous(), cfg, gen).numpy()  # (num, T, N, 3)
-    repr_cfg = ReprConfig(**{k: shared["representation"][k] for k in ("min_pitch", "max_pitch")})
-    mix = ", ".join(f"{s}={w:.2f}" for s, w in zip(shared["styles"], style.tolist()) if w > 0)
-    print(f"{ckpt} (step {shared['step']}): {args.num} piece(s) of {args.bars} bars, style mix {mix}")
+    mix = ", ".join(f"{s}={w:.2f}" for s, w in zip(meta.styles.styles, style.tolist()) if w > 0)
+    print(f"{ckpt} (step {meta.step}): {args.num} piece(s) of {args.bars} bars, style mix {mix}")
     for i, roll in enumerate(rolls):
         stem = out / f"piece-{i:02d}"
-        notes = roll_to_notes(roll, repr_cfg)
+        notes = roll_to_notes(roll, meta.representation)
         midi = write_midi(notes, stem.with_suffix(".mid"))
         save_png(roll, stem.with_suffix(".png"), title=f"{' + '.join(args.style)} (seed {args.seed}, #{i})")
         line = f"  {midi}  {stem.with_suffix('.png')}"

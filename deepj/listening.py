@@ -15,18 +15,16 @@ import json
 import re
 import sys
 from pathlib import Path
+from typing import Iterable
 
 import numpy as np
 
 from deepj.midi_io import write_midi
 from deepj.render import audio_available, render_wav, save_png
 from deepj.representation import ReprConfig, notes_to_roll, roll_to_notes
+from deepj.styles import slug
 
 PAGE = "index.html"
-
-
-def slug(name: str) -> str:
-    return re.sub(r"[^a-z0-9=-]+", "-", name.lower()).strip("-") or "style"
 
 
 # ------------------------------------------------------------------------------------------------ pieces
@@ -235,10 +233,10 @@ def _redraws(report: dict) -> str:
 def write_page(out_dir: Path, report: dict) -> Path:
     """index.html in out_dir from a fidelity report (paths in it are relative to out_dir)."""
     e = html.escape
-    body = [f"<h1>DeepJ: listening page</h1>",
+    body = ["<h1>DeepJ: listening page</h1>",
             f'<p>Checkpoint <code>{e(report["checkpoint"])}</code> (step {report["step"]}), data '
-            f'<code>{e(report["data"])}</code>; windows and pieces of {report["bars"]} bars{_lead(report)}; {report["num"]} '
-            f'generated pieces per style (temperature {report["temperature"]}, seed {report["seed"]}'
+            f'<code>{e(report["data"])}</code>; windows and pieces of {report["bars"]} bars{_lead(report)}; '
+            f'{report["num"]} generated pieces per style (temperature {report["temperature"]}, seed {report["seed"]}'
             f'{_redraws(report)}). '
             f'<a href="fidelity.md">Report</a>, <a href="fidelity.json">JSON</a>.</p>']
     for level, lv in report["levels"].items():

@@ -89,6 +89,10 @@ class ModelConfig:
 
 
 class DeepJ(nn.Module):
+    # Dropout masks in training: True = `dropout` above (16-bit masks on CPU, `F.dropout` elsewhere); False =
+    # `F.dropout` everywhere. A class attribute; set it on an instance to change one model (deepj.bench step does).
+    cpu_dropout: bool = True
+
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.cfg = cfg
@@ -136,6 +140,10 @@ class DeepJ(nn.Module):
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())
 
+    def _dropout(self, x: Tensor, p: float) -> Tensor:
+        """Dropout at rate p in training mode, by the kind `cpu_dropout` chooses; the identity in eval mode."""
+        return dropout(x, p, self.training) if self.cpu_dropout else F.dropout(x, p, self.training)
+
     # ---------------------------------------------------------------- time axis
     def embed_style(self, style: Tensor) -> Tensor:
         """(B, S) one-hot or mixture over the style slots -> (B, style_dim)."""
@@ -159,14 +167,14 @@ class DeepJ(nn.Module):
         b, t, n, _ = prev.shape
         if n != cfg.num_notes:
             raise ValueError(f"deepj.model: input has {n} notes, the model has model.num_notes={cfg.num_notes}")
-        prev = dropout(prev * self.channel_keep, cfg.input_dropout, self.training)  # (B, T, N, 3)
+        prev = self._dropout(prev * self.channel_keep.to(prev.dtype), cfg.input_dropout)  # (B, T, N, 3)
         beat_1h = F.one_hot(beat, STEPS_PER_BAR).to(prev.dtype)  # (B, T, 16)
-        beat_1h = dropout(beat_1h, cfg.input_dropout, self.training)
+        beat_1h = self._dropout(beat_1h, cfg.input_dropout)
 
         x = prev.reshape(b * t, n, NUM_CHANNELS).transpose(1, 2)  # (B*T, 3, N): channels first for Conv1d
         x = self.conv(F.pad(x, self.conv_pad))  # (B*T, filters, N)
         conv = x.transpose(1, 2).reshape(b, t, n, cfg.conv_filters)  # (B, T, N, filters)
-        conv = dropout(torch.tanh(conv), cfg.dropout, self.training)
+        conv = self._dropout(torch.tanh(conv), cfg.dropout)
         dtype = conv.dtype  # under autocast the conv may run in bf16/fp16; build the rest in the same dtype
 
         pos = self.pitch_pos.to(dtype).view(1, 1, n, 1).expand(b, t, n, 1)  # (B, T, N, 1)
@@ -189,11 +197,11 @@ class DeepJ(nn.Module):
             s = torch.tanh(proj(style_emb)).view(b, 1, 1, width)  # (B, 1, 1, F_l): broadcast over notes and time
             # Dropout after the broadcast, as the original (Dense -> RepeatVector -> tanh -> Dropout): a fresh mask per
             # note and step. In eval mode this stays a broadcast view.
-            s = dropout(s.expand(b, n, t, width), self.cfg.dropout, self.training)  # (B, N, T, F_l)
+            s = self._dropout(s.expand(b, n, t, width), self.cfg.dropout)  # (B, N, T, F_l)
             x = x + s.reshape(b * n, t, width)  # (B*N, T, F_l)
             x, st = lstm(x, None if state is None else state[layer])  # (B*N, T, H)
             new_state.append(st)
-            x = dropout(x, self.cfg.dropout, self.training)
+            x = self._dropout(x, self.cfg.dropout)
         return x.view(b, n, t, -1).transpose(1, 2), new_state  # (B, T, N, H)
 
     def time_step(
@@ -217,17 +225,17 @@ class DeepJ(nn.Module):
         cfg = self.cfg
         b, t, n, _ = h.shape
         p_lower = cfg.input_dropout if cfg.lower_dropout is None else cfg.lower_dropout
-        lower = dropout(lower * self.channel_keep, p_lower, self.training)  # (B, T, N, 3)
+        lower = self._dropout(lower * self.channel_keep.to(lower.dtype), p_lower)  # (B, T, N, 3)
         x = torch.cat([h, lower.to(h.dtype)], dim=-1).reshape(b * t, n, -1)  # (B*T, N, H_time + 3): a sequence per step
         new_state: LSTMState = []
         for layer, (proj, lstm) in enumerate(zip(self.note_style, self.note_lstm)):
             width = x.shape[-1]
             s = torch.tanh(proj(style_emb)).view(b, 1, 1, width)  # (B, 1, 1, F_l): broadcast over time and notes
-            s = dropout(s.expand(b, t, n, width), cfg.dropout, self.training)  # (B, T, N, F_l)
+            s = self._dropout(s.expand(b, t, n, width), cfg.dropout)  # (B, T, N, F_l)
             x = x + s.reshape(b * t, n, width)  # (B*T, N, F_l)
             x, st = lstm(x, None if state is None else state[layer])  # (B*T, N, H_note)
             new_state.append(st)
-            x = dropout(x, cfg.dropout, self.training)
+            x = self._dropout(x, cfg.dropout)
         out = self.head(x).view(b, t, n, NUM_CHANNELS)  # (B, T, N, 3)
         if cfg.bounded_volume:
             out = torch.cat([out[..., :2], torch.sigmoid(out[..., 2:])], dim=-1)

@@ -8,6 +8,8 @@ from typing import Literal
 
 import torch
 
+from deepj.config import require
+
 
 @dataclass
 class OptimConfig:
@@ -21,6 +23,16 @@ class OptimConfig:
     schedule: Literal["constant", "cosine"] = "constant"
     min_lr_ratio: float = 0.1  # cosine decays to lr * min_lr_ratio at train.max_steps
     grad_clip: float = 1.0  # max global gradient norm; 0 = off (the paper did not clip)
+
+    def __post_init__(self) -> None:
+        require(0 < self.lr < math.inf, "optim.lr", "a finite number > 0", self.lr)
+        for key in ("beta1", "beta2"):
+            require(0 <= getattr(self, key) < 1, f"optim.{key}", "in [0, 1)", getattr(self, key))
+        require(0 < self.eps < 1, "optim.eps", "in (0, 1)", self.eps)
+        require(0 <= self.weight_decay < math.inf, "optim.weight_decay", "a finite number >= 0", self.weight_decay)
+        require(self.warmup_steps >= 0, "optim.warmup_steps", "at least 0", self.warmup_steps)
+        require(0 <= self.min_lr_ratio <= 1, "optim.min_lr_ratio", "in [0, 1]", self.min_lr_ratio)
+        require(0 <= self.grad_clip < math.inf, "optim.grad_clip", "a finite number >= 0 (0 = off)", self.grad_clip)
 
 
 def build_optimizer(params, cfg: OptimConfig) -> torch.optim.Optimizer:

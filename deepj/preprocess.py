@@ -30,11 +30,13 @@ from typing import Any
 import numpy as np
 
 from deepj import __version__
-from deepj.constants import DEFAULT_MAX_PITCH, DEFAULT_MIN_PITCH, STEPS_PER_BEAT
+from deepj.constants import DEFAULT_MAX_PITCH, DEFAULT_MIN_PITCH
 from deepj.corpus import SPLITS, Corpus, CorpusError, open_corpus
+from deepj.manifest import Manifest, ShardEntry
 from deepj.midi_io import MidiError, read_midi
 from deepj.representation import ReprConfig, num_steps
-from deepj.shards import FORMAT_VERSION, MANIFEST, REPORT, SplitWriter, decode_notes, encode_notes
+from deepj.shards import MANIFEST, REPORT, SplitWriter, decode_notes, encode_notes
+from deepj.styles import StyleTree
 
 SHARD_NAME = re.compile(r"^(train|val|test)-\d{6}\.tar(\.tmp)?$")  # ours, finished or left by a killed run
 SPOOL = ".preprocess-spool.tmp"
@@ -82,7 +84,8 @@ def process_file(path: str | os.PathLike, repr_cfg: ReprConfig, min_steps: int, 
     """One MIDI file -> canonical grid notes, or MidiError (its `reason` goes into the report)."""
     notes = read_midi(path, repr_cfg, parser)
     if len(notes) == 0:
-        raise MidiError(path, "out-of-range", f"no note in the pitch range [{repr_cfg.min_pitch}, {repr_cfg.max_pitch})")
+        raise MidiError(path, "out-of-range",
+                        f"no note in the pitch range [{repr_cfg.min_pitch}, {repr_cfg.max_pitch})")
     steps = num_steps(notes)
     if steps < min_steps:
         raise MidiError(path, "too-short", f"{steps} steps < --min-steps {min_steps}")
@@ -120,21 +123,6 @@ def assign_splits(sources: list[str], given: list[str | None], val_fraction: flo
     return out
 
 
-def style_levels(styles: list[str]) -> tuple[dict[str, list[int]], list[list[str]]]:
-    """Leaf styles (sorted) -> {every prefix and every component name: leaf ids}, names per depth."""
-    levels: dict[str, set[int]] = {}
-    depth_names: list[set[str]] = []
-    for sid, style in enumerate(styles):
-        parts = style.split("/")
-        for d, name in enumerate(parts):
-            levels.setdefault(name, set()).add(sid)
-            levels.setdefault("/".join(parts[: d + 1]), set()).add(sid)
-            if len(depth_names) <= d:
-                depth_names.append(set())
-            depth_names[d].add(name)
-    return {k: sorted(v) for k, v in sorted(levels.items())}, [sorted(n) for n in depth_names]
-
-
 # --------------------------------------------------------------------------------------------------- output folder
 
 def _write_json_atomic(path: Path, obj: Any) -> None:
@@ -168,13 +156,13 @@ def _remove_stale(out_dir: Path, keep: set[str]) -> list[str]:
     return removed
 
 
-def split_totals(shards: list[dict[str, Any]], splits) -> dict[str, Any]:
+def split_totals(shards: list[ShardEntry], splits) -> dict[str, Any]:
     """Manifest shard entries -> {split: pieces, steps, notes, shards, bytes} for each split given."""
     totals: dict[str, Any] = {}
     for split in splits:
-        mine = [e for e in shards if e["split"] == split]
-        totals[split] = {k: sum(e[k] for e in mine) for k in ("pieces", "steps", "notes")}
-        totals[split].update(shards=len(mine), bytes=sum(e["bytes"] for e in mine))
+        mine = [e for e in shards if e.split == split]
+        totals[split] = {"pieces": sum(e.pieces for e in mine), "steps": sum(e.steps for e in mine),
+                         "notes": sum(e.notes for e in mine), "shards": len(mine), "bytes": sum(e.bytes for e in mine)}
     return totals
 
 
@@ -219,7 +207,7 @@ def _read_all(corpus: Corpus, settings: Settings, workers: int, spool, progress:
 
 
 def preprocess(input_spec: str, out_dir: str | Path, settings: Settings | None = None, *, periods_file=None,
-               workers: int | None = None, force: bool = False, progress: bool = True) -> dict[str, Any]:
+               workers: int | None = None, force: bool = False, progress: bool = True) -> Manifest:
     """Run the whole step; returns the manifest written. Raises PreprocessError (exit status in `.code`)."""
     t0 = time.time()
     out_dir = Path(out_dir)
@@ -267,24 +255,13 @@ def preprocess(input_spec: str, out_dir: str | Path, settings: Settings | None =
     finally:
         spool_path.unlink(missing_ok=True)
 
-    stale = _remove_stale(out_dir, {e["name"] for e in shards})
-    levels, level_names = style_levels(styles)
+    stale = _remove_stale(out_dir, {e.name for e in shards})
     totals = split_totals(shards, present)
     totals.update(files_seen=len(pieces) + len(corpus.skipped), files_skipped=len(skipped))
-    manifest = {
-        "format_version": FORMAT_VERSION,
-        "tool": f"deepj {__version__}",
-        "representation": {"min_pitch": repr_cfg.min_pitch, "max_pitch": repr_cfg.max_pitch,
-                           "steps_per_beat": STEPS_PER_BEAT, "grid": "beat-relative 16th notes"},
-        "settings": manifest_settings,
-        "styles": styles,
-        "levels": levels,
-        "level_names": level_names,
-        "shards": shards,
-        "totals": totals,
-    }
+    manifest = Manifest(dir=out_dir, representation=repr_cfg, styles=StyleTree.from_leaves(styles),
+                        shards=tuple(shards), totals=totals, settings=manifest_settings, tool=f"deepj {__version__}")
     _write_report(out_dir, corpus, skipped, shards, styles, t0, stale)
-    _write_json_atomic(out_dir / MANIFEST, manifest)
+    manifest.write()
     return manifest
 
 
@@ -293,12 +270,12 @@ def _counts_text(skipped: list[dict]) -> str:
     return ", ".join(f"{k} {v}" for k, v in sorted(counts.items())) or "none"
 
 
-def _write_report(out_dir: Path, corpus: Corpus, skipped: list[dict], shards: list[dict], styles: list[str],
+def _write_report(out_dir: Path, corpus: Corpus, skipped: list[dict], shards: list[ShardEntry], styles: list[str],
                   t0: float, stale: list[str] | None = None) -> Path:
-    per_style = Counter(styles[sid] for e in shards for sid in e["piece_styles"])
+    per_style = Counter(styles[sid] for e in shards for sid in e.piece_styles)
     per_split = Counter()
     for e in shards:
-        per_split[e["split"]] += e["pieces"]
+        per_split[e.split] += e.pieces
     report = {
         "source": corpus.kind,
         "root": str(corpus.root),
@@ -317,13 +294,13 @@ def _write_report(out_dir: Path, corpus: Corpus, skipped: list[dict], shards: li
     return path
 
 
-def summary(manifest: dict[str, Any], out_dir: Path) -> str:
-    lines = [f"wrote {out_dir}/{MANIFEST}: {len(manifest['styles'])} styles"]
-    for split, t in manifest["totals"].items():
+def summary(manifest: Manifest, out_dir: Path) -> str:
+    lines = [f"wrote {out_dir}/{MANIFEST}: {manifest.styles.num_styles} styles"]
+    for split, t in manifest.totals.items():
         if isinstance(t, dict):
             lines.append(f"  {split:5s} {t['pieces']:7d} pieces {t['shards']:4d} shards {t['bytes'] / 2**20:9.2f} MB "
                          f"{t['steps']:11d} steps")
-    tot = manifest["totals"]
+    tot = manifest.totals
     report = json.loads((out_dir / REPORT).read_text(encoding="utf-8"))
     lines.append(f"  skipped {tot['files_skipped']} of {tot['files_seen']} files: {_counts_text(report['skipped'])}")
     if report.get("unknown_composers"):

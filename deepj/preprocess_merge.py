@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
 import json
 import os
 import shutil
@@ -38,7 +39,9 @@ from pathlib import Path
 from typing import Any
 
 from deepj import __version__
-from deepj.shards import FORMAT_VERSION, MANIFEST, META_KEY, NOTES_KEY, REPORT, ShardError, read_manifest, sha256_file
+from deepj.manifest import Manifest, ShardEntry, read_manifest
+from deepj.shards import MANIFEST, META_KEY, NOTES_KEY, REPORT, ShardError, sha256_file
+from deepj.styles import StyleTree
 
 DONE = "DONE"
 SPLITS = ("train", "val", "test")
@@ -179,17 +182,18 @@ def _load_slices(work: Path) -> list[dict[str, Any]]:
     return slices
 
 
-def _check_same(slices: list[dict[str, Any]]) -> dict[str, Any]:
+def _check_same(slices: list[dict[str, Any]]) -> Manifest:
     made = [s for s in slices if s["manifest"] is not None]
     if not made:
         raise MergeError("no slice produced any piece (every file was skipped; see the slices' report.json)")
     first = made[0]
-    for s in made[1:]:
-        for key in ("format_version", "representation"):
-            if s["manifest"][key] != first["manifest"][key]:
-                raise MergeError(f"{s['dir']}: {key} differs from {first['dir']}'s")
-        a = {k: v for k, v in s["manifest"]["settings"].items() if k != "input"}
-        b = {k: v for k, v in first["manifest"]["settings"].items() if k != "input"}
+    for s in made[1:]:  # the format version is checked by read_manifest: every slice's is this deepj's
+        mine, theirs = s["manifest"].representation, first["manifest"].representation
+        if mine != theirs:
+            raise MergeError(f"{s['dir']}: representation (pitches [{mine.min_pitch}, {mine.max_pitch})) differs from "
+                             f"{first['dir']}'s ([{theirs.min_pitch}, {theirs.max_pitch}))")
+        a = {k: v for k, v in s["manifest"].settings.items() if k != "input"}
+        b = {k: v for k, v in first["manifest"].settings.items() if k != "input"}
         if a != b:
             diff = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
             raise MergeError(f"{s['dir']} was preprocessed with other settings than {first['dir']} ({', '.join(diff)})")
@@ -227,51 +231,47 @@ def _place(src: Path, dst: Path) -> None:
     tmp.replace(dst)
 
 
-def merge(work: str | Path, out_dir: str | Path, *, remove_slices: bool = False) -> dict[str, Any]:
-    from deepj.preprocess import _remove_stale, split_totals, style_levels
+def merge(work: str | Path, out_dir: str | Path, *, remove_slices: bool = False) -> Manifest:
+    from deepj.preprocess import _remove_stale, split_totals
 
     work, out_dir = Path(work), Path(out_dir)
     slices = _load_slices(work)
     base = _check_same(slices)
     made = [s for s in slices if s["manifest"] is not None]
-    styles = sorted({st for s in made for st in s["manifest"]["styles"]})
+    styles = sorted({st for s in made for st in s["manifest"].styles.styles})
     new_id = {st: k for k, st in enumerate(styles)}
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / MANIFEST).unlink(missing_ok=True)  # incomplete until the new manifest is written
-    present = [sp for sp in SPLITS if any(sp in s["manifest"]["totals"] for s in made)]
-    shards: list[dict[str, Any]] = []
+    present = [sp for sp in SPLITS if any(sp in s["manifest"].totals for s in made)]
+    shards: list[ShardEntry] = []
     rewritten = 0
     for split in present:
         n = 0
         for s in made:
-            mapping = [new_id[st] for st in s["manifest"]["styles"]]
-            for entry in (e for e in s["manifest"]["shards"] if e["split"] == split):
+            mapping = [new_id[st] for st in s["manifest"].styles.styles]
+            for entry in (e for e in s["manifest"].shards if e.split == split):
                 name = f"{split}-{n:06d}.tar"
                 n += 1
-                src, dst = s["dir"] / "shards" / entry["name"], out_dir / name
-                new = dict(entry, name=name, piece_styles=[mapping[k] for k in entry["piece_styles"]])
-                if new["piece_styles"] == entry["piece_styles"]:
+                src, dst = s["dir"] / "shards" / entry.name, out_dir / name
+                new = dataclasses.replace(entry, name=name, piece_styles=tuple(mapping[k] for k in entry.piece_styles))
+                if new.piece_styles == entry.piece_styles:
                     _place(src, dst)
                 else:
                     rewrite_style_ids(src, dst, mapping)
                     rewritten += 1
-                    new["bytes"], new["sha256"] = dst.stat().st_size, sha256_file(dst)
+                    new = dataclasses.replace(new, bytes=dst.stat().st_size, sha256=sha256_file(dst))
                 shards.append(new)
-    _remove_stale(out_dir, {e["name"] for e in shards})
+    _remove_stale(out_dir, {e.name for e in shards})
 
-    levels, level_names = style_levels(styles)
     totals = split_totals(shards, present)
     reports = [s["report"] for s in slices if s["report"] is not None]
     totals["files_seen"] = sum(r["files_seen"] for r in reports)
     totals["files_skipped"] = sum(len(r["skipped"]) for r in reports)
-    settings = dict(base["settings"], input=slices[0]["done"]["input"])
-    manifest = {"format_version": FORMAT_VERSION, "tool": f"deepj {__version__}",
-                "representation": base["representation"], "settings": settings, "styles": styles, "levels": levels,
-                "level_names": level_names, "shards": shards, "totals": totals}
+    settings = dict(base.settings, input=slices[0]["done"]["input"])
+    manifest = Manifest(dir=out_dir, representation=base.representation, styles=StyleTree.from_leaves(styles),
+                        shards=tuple(shards), totals=totals, settings=settings, tool=f"deepj {__version__}")
     _write_report(out_dir, slices, reports, shards, styles, rewritten)
-    tmp = out_dir / (MANIFEST + ".tmp")
-    tmp.write_text(json.dumps(manifest, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
-    tmp.replace(out_dir / MANIFEST)
+    manifest.write()
     if remove_slices:
         shutil.rmtree(work)
     return manifest
@@ -285,17 +285,17 @@ def _sum_dicts(dicts: list[dict[str, int]]) -> dict[str, int]:
     return dict(sorted(out.items()))
 
 
-def _write_report(out_dir: Path, slices, reports, shards, styles, rewritten: int) -> None:
+def _write_report(out_dir: Path, slices, reports, shards: list[ShardEntry], styles: list[str], rewritten: int) -> None:
     first = next((r for r in reports if "source" in r), {})  # a full report (not a "nothing to do" slice's)
     per_style: dict[str, int] = {}
     for e in shards:
-        for sid in e["piece_styles"]:
+        for sid in e.piece_styles:
             per_style[styles[sid]] = per_style.get(styles[sid], 0) + 1
     report = {
         "source": first.get("source"),
         "root": slices[0]["done"]["input"],
         "files_seen": sum(r["files_seen"] for r in reports),
-        "pieces_written": sum(e["pieces"] for e in shards),
+        "pieces_written": sum(e.pieces for e in shards),
         "counts": _sum_dicts([r["counts"] for r in reports]),
         "skipped": sorted((x for r in reports for x in r["skipped"]), key=lambda x: x["file"]),
         "pieces_per_split": _sum_dicts([r["pieces_per_split"] for r in reports]),
@@ -340,8 +340,8 @@ def main(argv: list[str] | None = None) -> int:
     except (MergeError, ShardError, OSError) as e:
         print(f"preprocess_merge: error: {e}", file=sys.stderr)
         return 2
-    t = manifest["totals"]
-    print(f"merged into {args.output_dir}: {len(manifest['styles'])} styles, "
+    t = manifest.totals
+    print(f"merged into {args.output_dir}: {manifest.styles.num_styles} styles, "
           + ", ".join(f"{sp} {t[sp]['pieces']} pieces / {t[sp]['shards']} shards" for sp in SPLITS if sp in t)
           + f"; {t['files_skipped']} of {t['files_seen']} files skipped", flush=True)
     return 0

@@ -288,7 +288,11 @@ def generate(model: DeepJ, style: Tensor, cfg: SampleConfig, generator: torch.Ge
         raise ValueError(
             f"deepj.sampling: style must be (batch, {mcfg.num_styles}) for this model, got {tuple(style.shape)}"
         )
-    device = next(model.parameters()).device
+    param = next(model.parameters())
+    if param.dtype != torch.float32:
+        raise ValueError(f"deepj.sampling: the model's weights are {param.dtype}; sampling runs in float32: pass "
+                         "a float32 copy (copy.deepcopy(model).float())")
+    device = param.device
     was_training = model.training
     model.eval()
     try:

@@ -12,14 +12,16 @@ shards it is handed, one block at a time.
 from __future__ import annotations
 
 import hashlib
-import json
 import zlib
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from deepj.representation import NOTE_DTYPE, empty_notes
+
+if TYPE_CHECKING:
+    from deepj.manifest import ShardEntry  # deepj.manifest imports this module
 
 NOTES_KEY = "notes.bin"
 META_KEY = "json"
@@ -85,32 +87,6 @@ def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
-def read_manifest(shard_dir: str | Path) -> dict[str, Any]:
-    path = Path(shard_dir) / MANIFEST
-    if not path.is_file():
-        raise ShardError(
-            f"{path} not found: {shard_dir} is not a preprocessed shard folder "
-            f"(make one with: python -m deepj.preprocess <midi folder | csv | demo> {shard_dir})"
-        )
-    try:
-        manifest = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise ShardError(f"{path} is not valid JSON: {e}") from None
-    if manifest.get("format_version") != FORMAT_VERSION:
-        raise ShardError(f"{path}: format_version {manifest.get('format_version')!r}, this deepj reads {FORMAT_VERSION}")
-    return manifest
-
-
-def manifest_hash(manifest: dict[str, Any]) -> str:
-    """Identity of a corpus for checkpoints: styles, representation and shard contents (not timestamps)."""
-    core = {
-        "styles": manifest["styles"],
-        "representation": manifest["representation"],
-        "shards": [(s["name"], s["sha256"]) for s in manifest["shards"]],
-    }
-    return hashlib.sha256(json.dumps(core, sort_keys=True).encode()).hexdigest()[:16]
-
-
 def piece_key(source: str) -> str:
     """A stable WebDataset key for a piece (keys may not contain dots: WebDataset splits fields at the first one)."""
     return hashlib.sha1(source.encode()).hexdigest()[:20]
@@ -128,17 +104,19 @@ class SplitWriter:
 
         self._wds = wds
         self.out_dir, self.split, self.shard_bytes = Path(out_dir), split, max(int(shard_bytes), 1)
-        self.entries: list[dict[str, Any]] = []
+        self.entries: list[ShardEntry] = []
         self._writer = None
         self._fh = None
 
     def _open(self) -> None:
-        name = f"{self.split}-{len(self.entries):06d}.tar"
-        self._path = self.out_dir / name
-        self._fh = open(self.out_dir / (name + ".tmp"), "wb")
-        self._writer = self._wds.TarWriter(self._fh, mtime=0)  # an int: a float mtime makes tarfile add a 1 kB pax header per member
-        self._cur = {"name": name, "split": self.split, "pieces": 0, "steps": 0, "notes": 0,
-                     "piece_steps": [], "piece_styles": []}
+        self._name = f"{self.split}-{len(self.entries):06d}.tar"
+        self._path = self.out_dir / self._name
+        self._fh = open(self.out_dir / (self._name + ".tmp"), "wb")
+        # mtime an int: a float mtime makes tarfile add a 1 kB pax header per member
+        self._writer = self._wds.TarWriter(self._fh, mtime=0)
+        self._steps: list[int] = []  # of each piece in this shard, in tar order
+        self._styles: list[int] = []
+        self._notes = 0
 
     def add(self, source: str, style: str, style_id: int, notes: np.ndarray) -> None:
         if self._writer is None:
@@ -146,25 +124,25 @@ class SplitWriter:
         steps = int(notes["end"].max()) if len(notes) else 0
         meta = {"style": style, "style_id": style_id, "source": source, "steps": steps, "notes": len(notes)}
         self._writer.write({"__key__": piece_key(source), NOTES_KEY: encode_notes(notes), META_KEY: meta})
-        c = self._cur
-        c["pieces"] += 1
-        c["steps"] += steps
-        c["notes"] += len(notes)
-        c["piece_steps"].append(steps)
-        c["piece_styles"].append(style_id)
+        self._steps.append(steps)
+        self._styles.append(style_id)
+        self._notes += len(notes)
         if self._fh.tell() >= self.shard_bytes:
             self._finish()
 
     def _finish(self) -> None:
+        from deepj.manifest import ShardEntry
+
         self._writer.close()  # closes the file object too
-        tmp = self.out_dir / (self._cur["name"] + ".tmp")
+        tmp = self.out_dir / (self._name + ".tmp")
         tmp.replace(self._path)
-        self._cur["bytes"] = self._path.stat().st_size
-        self._cur["sha256"] = sha256_file(self._path)
-        self.entries.append(self._cur)
+        self.entries.append(ShardEntry(name=self._name, split=self.split, pieces=len(self._steps),
+                                       steps=sum(self._steps), notes=self._notes, piece_steps=tuple(self._steps),
+                                       piece_styles=tuple(self._styles), bytes=self._path.stat().st_size,
+                                       sha256=sha256_file(self._path)))
         self._writer = self._fh = None
 
-    def close(self) -> list[dict[str, Any]]:
+    def close(self) -> list[ShardEntry]:
         if self._writer is not None:
             self._finish()
         return self.entries

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from deepj.checkpoint import CheckpointConfig
+from deepj.config import require
 from deepj.data import DataConfig
 from deepj.model import ModelConfig
 from deepj.optim import OptimConfig
@@ -21,6 +22,9 @@ class RunConfig:
     dir: str = "runs/debug"  # run folder: checkpoints, TensorBoard, config, samples
     device: Literal["auto", "cpu", "cuda"] = "auto"
     threads: int = 0  # torch CPU threads per rank; 0 = cores / ranks on this node
+
+    def __post_init__(self) -> None:
+        require(self.threads >= 0, "run.threads", "at least 0 (0 = cores / ranks)", self.threads)
 
 
 @dataclass
@@ -35,12 +39,23 @@ class TrainLoopConfig:
     val_batches: int = 8  # validation micro-batches per rank per pass (the same on every rank)
     deterministic: bool = True  # torch.use_deterministic_algorithms: bit-exact resume on CPU
 
+    def __post_init__(self) -> None:
+        for key in ("max_steps", "global_batch", "micro_batch"):
+            require(getattr(self, key) >= 1, f"train.{key}", "at least 1", getattr(self, key))
+        for key in ("val_every", "val_batches"):
+            require(getattr(self, key) >= 0, f"train.{key}", "at least 0", getattr(self, key))
+
 
 @dataclass
 class LogConfig:
     every: int = 10  # optimizer steps between console lines and TensorBoard scalars
     sample_every: int = 500  # optimizer steps between generated samples in TensorBoard; 0 = off
     sample_bars: int = 4  # length of those samples
+
+    def __post_init__(self) -> None:
+        require(self.every >= 1, "log.every", "at least 1", self.every)
+        require(self.sample_every >= 0, "log.sample_every", "at least 0 (0 = off)", self.sample_every)
+        require(self.sample_bars >= 1, "log.sample_bars", "at least 1", self.sample_bars)
 
 
 @dataclass

@@ -1,16 +1,18 @@
-"""Synthetic shard folders for tests: random canonical pieces written with `SplitWriter`, plus a manifest.json that
-follows the schema deepj.preprocess writes (only what the loader and the tests read is filled with real values)."""
+"""Synthetic shard folders for tests: random canonical pieces written with `SplitWriter`, plus a manifest.json
+written by `deepj.manifest.Manifest`, as deepj.preprocess writes it (settings and file counts are placeholders)."""
 
 from __future__ import annotations
 
-import json
+import dataclasses
 import shutil
 from pathlib import Path
 
 import numpy as np
 
+from deepj.manifest import Manifest, ShardEntry
 from deepj.representation import ReprConfig, merge
-from deepj.shards import FORMAT_VERSION, MANIFEST, SplitWriter, sha256_file
+from deepj.shards import SplitWriter, sha256_file
+from deepj.styles import StyleTree
 
 STYLES = ["baroque/bach", "classical/mozart", "romantic/chopin"]
 
@@ -35,34 +37,23 @@ def dense_piece(rng: np.random.Generator, steps: int, cfg: ReprConfig = ReprConf
     return merge(pitch, start, start + 1, rng.integers(1, 128, len(start)))
 
 
-def write_manifest(out_dir: Path, entries: list[dict], styles: list[str], cfg: ReprConfig = ReprConfig()) -> dict:
-    totals: dict = {"files_seen": sum(e["pieces"] for e in entries), "files_skipped": 0}
-    for split in sorted({e["split"] for e in entries}):
-        mine = [e for e in entries if e["split"] == split]
-        totals[split] = {k: sum(e[k] for e in mine) for k in ("pieces", "steps", "notes", "bytes")}
-        totals[split]["shards"] = len(mine)
-    levels: dict[str, list[int]] = {}
-    for i, style in enumerate(styles):
-        for name in [style, *style.split("/")]:
-            levels.setdefault(name, []).append(i)
-    manifest = {
-        "format_version": FORMAT_VERSION,
-        "tool": "deepj 0.1.0 (tests/shardgen.py)",
-        "representation": {"min_pitch": cfg.min_pitch, "max_pitch": cfg.max_pitch, "steps_per_beat": 4,
-                           "grid": "beat-relative 16th notes"},
-        "settings": {"source": "synthetic test corpus"},
-        "styles": styles,
-        "levels": {k: sorted(set(v)) for k, v in levels.items()},
-        "level_names": [sorted({s.split("/")[d] for s in styles}) for d in range(2)],
-        "shards": entries,
-        "totals": totals,
-    }
-    (out_dir / MANIFEST).write_text(json.dumps(manifest, indent=1))
+def write_manifest(out_dir: Path, entries: list[ShardEntry], styles: list[str],
+                   cfg: ReprConfig = ReprConfig()) -> Manifest:
+    totals: dict = {"files_seen": sum(e.pieces for e in entries), "files_skipped": 0}
+    for split in sorted({e.split for e in entries}):
+        mine = [e for e in entries if e.split == split]
+        totals[split] = {"pieces": sum(e.pieces for e in mine), "steps": sum(e.steps for e in mine),
+                         "notes": sum(e.notes for e in mine), "bytes": sum(e.bytes for e in mine),
+                         "shards": len(mine)}
+    manifest = Manifest(dir=Path(out_dir), representation=cfg, styles=StyleTree.from_leaves(list(styles)),
+                        shards=tuple(entries), totals=totals, settings={"source": "synthetic test corpus"},
+                        tool="deepj 0.1.0 (tests/shardgen.py)")
+    manifest.write()
     return manifest
 
 
 def write_corpus(out_dir: Path, splits: dict[str, list[tuple[int, np.ndarray]]], shard_bytes: int,
-                 styles: list[str] = STYLES) -> dict:
+                 styles: list[str] = STYLES) -> Manifest:
     """Write each split's (style_id, notes) pieces into shards of about shard_bytes, and the manifest."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -75,14 +66,14 @@ def write_corpus(out_dir: Path, splits: dict[str, list[tuple[int, np.ndarray]]],
     return write_manifest(out_dir, entries, styles)
 
 
-def replicate(src_dir: Path, out_dir: Path, times: int, split: str = "train") -> dict:
+def replicate(src_dir: Path, out_dir: Path, times: int, split: str = "train") -> Manifest:
     """A corpus of `times` copies of src_dir's shards of one split (same bytes, new names): for size-scaling tests."""
-    src = json.loads((Path(src_dir) / MANIFEST).read_text())
+    src = Manifest.load(src_dir)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     entries = []
-    for entry in [e for e in src["shards"] if e["split"] == split] * times:
+    for entry in src.split(split) * times:
         name = f"{split}-{len(entries):06d}.tar"
-        shutil.copyfile(Path(src_dir) / entry["name"], out_dir / name)
-        entries.append({**entry, "name": name, "sha256": sha256_file(out_dir / name)})
-    return write_manifest(out_dir, entries, src["styles"])
+        shutil.copyfile(Path(src_dir) / entry.name, out_dir / name)
+        entries.append(dataclasses.replace(entry, name=name, sha256=sha256_file(out_dir / name)))
+    return write_manifest(out_dir, entries, list(src.styles.styles), src.representation)

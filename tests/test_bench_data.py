@@ -10,8 +10,8 @@ from conftest import make_tiny_corpus, run_cli
 
 from deepj.bench.data import _timed_loop, measure_sizes, replicate_shards
 from deepj.data import DataConfig, StreamingLoader
+from deepj.manifest import read_manifest
 from deepj.preprocess import Settings, preprocess
-from deepj.shards import read_manifest
 
 KEYS = ("files_per_s_pipeline", "files_per_s_pretty_midi", "speedup_vs_pretty_midi", "mb_per_s", "shard_bytes",
         "dense_bytes", "compression_ratio", "loader_windows_per_s", "peak_rss_mb", "rss_1x_mb", "rss_10x_mb",
@@ -33,9 +33,9 @@ def test_sizes_are_tar_bytes_and_dense_rolls(corpus):
     manifest = read_manifest(shards)
     sizes = measure_sizes(shards)
     tars = sorted(shards.glob("*.tar"))
-    assert len(tars) == len(manifest["shards"]) >= 3
+    assert len(tars) == len(manifest.shards) >= 3
     assert sizes["shard_bytes"] == sum(p.stat().st_size for p in tars)
-    steps = sum(t for s in manifest["shards"] for t in s["piece_steps"])
+    steps = sum(t for s in manifest.shards for t in s.piece_steps)
     assert steps >= 9 * 16 * 16 - 9 * 8  # 9 pieces of about 256 steps
     assert sizes["dense_bytes"] == steps * 48 * 3 * 4  # (T, N, 3) float32 per piece, N = 84 - 36
     assert sizes["compression_ratio"] == pytest.approx(sizes["dense_bytes"] / sizes["shard_bytes"])
@@ -47,8 +47,9 @@ def test_replicated_shards_make_a_loadable_corpus_of_n_copies(corpus, tmp_path):
     one = StreamingLoader(DataConfig(dir=str(shards), seq_len=128, workers=0), micro_batch=2, global_batch=2)
     big = replicate_shards(shards, tmp_path / "x3", 3)
     manifest = read_manifest(big)
-    train = [s for s in read_manifest(shards)["shards"] if s["split"] == "train"]
-    assert [s["name"] for s in manifest["shards"]] == [f"train-{i:06d}.tar" for i in range(3 * len(train))]
+    train = read_manifest(shards).split("train")
+    assert [s.name for s in manifest.shards] == [f"train-{i:06d}.tar" for i in range(3 * len(train))]
+    assert [s.sha256 for s in manifest.shards] == [s.sha256 for s in train] * 3  # same bytes, same checksums
     three = StreamingLoader(DataConfig(dir=str(big), seq_len=128, workers=0), micro_batch=2, global_batch=2)
     assert three.total_windows == 3 * one.total_windows
     batch = next(iter(three))  # reading checks every copy's size and sha256 against the new manifest

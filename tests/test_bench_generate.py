@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from pathlib import Path
 
@@ -11,7 +10,10 @@ import torch
 
 import deepj.bench.generate as bench
 from deepj import checkpoint
+from deepj.checkpoint import CheckpointMeta
 from deepj.model import DeepJ, ModelConfig
+from deepj.representation import ReprConfig
+from deepj.styles import StyleTree
 
 TINY_MODEL = {"style_dim": 8, "conv_filters": 6, "conv_kernel": 5, "time_hidden": 16, "note_hidden": 12}
 MODES = ["stateful", "stateful-eager", "window", "paper"]
@@ -103,8 +105,10 @@ def test_prediction_recovers_a_per_step_cost_that_grows_with_the_window():
 def test_a_trained_checkpoint_is_timed_with_its_own_sizes(tmp_path, capsys):
     mcfg = ModelConfig(num_notes=24, num_styles=3, **TINY_MODEL)
     model = DeepJ(mcfg)
-    shared = {"engine": {"model": model.state_dict()}, "config": {"model": dataclasses.asdict(mcfg)}, "step": 7}
-    ckpt = checkpoint.save(tmp_path / "run", 7, shared, {}, keep=1)
+    meta = CheckpointMeta(step=7, world_size=1, kind="train", backend="ddp", model=mcfg,
+                          styles=StyleTree.from_leaves(["a/x", "a/y", "b/z"]), representation=ReprConfig(36, 60),
+                          manifest_hash="0" * 16, config={})
+    ckpt = checkpoint.save(tmp_path / "run", 7, {"engine": {"model": model.state_dict()}}, {}, keep=1, meta=meta)
     code, report, _ = run(capsys, "--run", str(tmp_path / "run"), "--batches", "1", "--modes", "stateful")
     assert code == 0 and report["check"]["identical"]
     assert report["run"] == str(ckpt) and report["step"] == 7

@@ -13,11 +13,12 @@ import pytest
 import scipy.io
 import torch
 
-from conftest import run_cli
-from deepj.bench.bl2012 import (BL2012Error, NUM_KEYS, bernoulli_baseline, epoch_crops, evaluate_pieces, make_batch,
-                                read_bl2012)
+from conftest import REPO, run_cli
+from deepj import config
+from deepj.bench.bl2012 import (BL2012Config, BL2012Error, NUM_KEYS, bernoulli_baseline, epoch_crops, evaluate_pieces,
+                                make_batch, read_bl2012)
+from deepj.checkpoint import CheckpointMeta, load_model
 from deepj.constants import PLAY
-from deepj.generate import load_for_inference
 from deepj.model import DeepJ, ModelConfig
 
 # The datasets live beside the repository (../shared/data/bl2012); a clone elsewhere finds them through
@@ -114,6 +115,17 @@ def test_cli_errors_are_clear(tmp_path):
     assert res.returncode == 2 and "unknown config key 'train.nope'" in res.stderr
     res = run_cli("-m", "deepj.bench", "no-such-bench")
     assert res.returncode == 2 and "unknown benchmark 'no-such-bench'" in res.stderr and "bl2012" in res.stderr
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "configs" / "bl2012").glob("*.toml")), ids=lambda p: p.name)
+def test_every_bl2012_config_loads_against_its_schema(path):
+    cfg = config.load(BL2012Config, path)
+    assert cfg.run_dir.startswith("runs/bl2012-") and cfg.train.max_minutes > 0
+
+
+def test_bl2012_configs_exist():
+    assert {p.name for p in (REPO / "configs" / "bl2012").glob("*.toml")} >= {"jsb.toml", "piano.toml"}
+    assert not list((REPO / "configs").glob("bl2012_*.toml"))  # moved into configs/bl2012/
 
 
 def test_dispatcher_lists_benchmarks(capsys):
@@ -218,7 +230,7 @@ def test_whole_piece_padding_does_not_leak_into_real_frames():
 def test_benchmark_end_to_end_on_a_jsb_slice(tmp_path):
     run = tmp_path / "run"
     res = run_cli("-m", "deepj.bench", "bl2012", "--dataset", "jsb", "--mat", str(JSB), "--config",
-                  "configs/bl2012_jsb.toml", "data.max_pieces=6", "train.max_epochs=1", "model.time_hidden=16",
+                  "configs/bl2012/jsb.toml", "data.max_pieces=6", "train.max_epochs=1", "model.time_hidden=16",
                   "model.note_hidden=8", "model.conv_filters=4", "model.style_dim=4", "threads=1",
                   f"run_dir={run}", timeout=120)
     assert res.returncode == 0, res.stderr
@@ -232,11 +244,17 @@ def test_benchmark_end_to_end_on_a_jsb_slice(tmp_path):
     assert result["config"]["model"]["play_only"] is True and result["config"]["model"]["num_notes"] == 88
     assert result["published"] == {"rnn_rbm": 6.27, "rnn_nade": 5.56}
     assert json.loads((run / "result.json").read_text())["test_nll"] == result["test_nll"]
-    # The checkpoint is a complete, weights_only-loadable deepj checkpoint of the best model.
-    model, shared, _ = load_for_inference(run)
-    assert model.cfg.play_only and model.cfg.num_notes == 88 and shared["representation"]["min_pitch"] == 21
+    # The checkpoint is a complete, weights_only-loadable deepj checkpoint of the best model, with its meta.json.
+    model, meta, ckpt = load_model(run)
+    assert model.cfg.play_only and model.cfg.num_notes == 88 and not model.training
+    assert meta.kind == "bl2012" and meta.backend == "none" and meta.world_size == 1
+    assert meta.step == result["steps"] and str(ckpt) == result["checkpoint"]
+    assert (meta.representation.min_pitch, meta.representation.max_pitch) == (21, 109)
+    assert meta.styles.styles == ("bl2012/jsb",) and meta.manifest_hash == result["mat_sha256"]
+    assert meta.model == model.cfg and meta.config == result["config"]
+    assert CheckpointMeta.load(ckpt) == meta and (ckpt / "meta.json").is_file()
     splits = read_bl2012(JSB)
-    again = evaluate_pieces(model, splits["test"][:6], shared["config"]["bl2012"]["data"]["beat_period"])
+    again = evaluate_pieces(model, splits["test"][:6], meta.config["data"]["beat_period"])
     assert again == pytest.approx(result["test_nll"], abs=1e-3)
     # A second run into the same folder is refused (its older best model would win).
     res = run_cli("-m", "deepj.bench", "bl2012", "--dataset", "jsb", "--mat", str(JSB), f"run_dir={run}")

@@ -15,9 +15,9 @@ import pytest
 import torch
 
 from deepj.config import ConfigError
-from deepj.data import DataConfig, ShardError, ShardSkipped, StreamingLoader, validation_batches
+from deepj.data import DataConfig, ShardError, ShardSkipped, StreamingLoader, accumulation_steps, validation_batches
+from deepj.manifest import read_manifest
 from deepj.representation import ReprConfig, notes_to_roll
-from deepj.shards import read_manifest
 from shardgen import STYLES, dense_piece, random_piece, replicate, write_corpus
 
 SEQ, STRIDE = 8, 4
@@ -45,7 +45,7 @@ def cfg_for(d, **kw) -> DataConfig:
 
 def catalogue(manifest, split="train") -> list[tuple[int, int]]:
     """(piece, start) of every window id, recomputed here from the manifest alone."""
-    steps = [t for s in manifest["shards"] if s["split"] == split for t in s["piece_steps"]]
+    steps = [t for s in manifest.split(split) for t in s.piece_steps]
     return [(i, k * STRIDE) for i, t in enumerate(steps) for k in range(max(1, (t - SEQ) // STRIDE + 1))]
 
 
@@ -88,8 +88,7 @@ def deadline(seconds: float):
 # -- item 1: equal batches per rank ---------------------------------------------------------------------------------
 def test_ranks_get_equal_batches_over_uneven_shards(corpus):
     d, _, manifest = corpus
-    shard_windows = [sum(max(1, (t - SEQ) // STRIDE + 1) for t in s["piece_steps"])
-                     for s in manifest["shards"] if s["split"] == "train"]
+    shard_windows = [sum(max(1, (t - SEQ) // STRIDE + 1) for t in s.piece_steps) for s in manifest.split("train")]
     assert max(shard_windows) >= 50 * min(shard_windows)  # very different shard sizes
     total = len(catalogue(manifest))
     loaders = [StreamingLoader(cfg_for(d), micro_batch=4, global_batch=24, rank=r, world_size=3) for r in range(3)]
@@ -108,7 +107,7 @@ def test_one_shard_two_ranks_two_workers(tmp_path):
     rng = np.random.default_rng(2)
     manifest = write_corpus(tmp_path, {"train": [(0, random_piece(rng, 30)), (1, random_piece(rng, 50))]},
                             shard_bytes=1 << 30)
-    assert len(manifest["shards"]) == 1
+    assert len(manifest.shards) == 1
     cfg = cfg_for(tmp_path, workers=2)
     loaders = [StreamingLoader(cfg, micro_batch=1, global_batch=4, rank=r, world_size=2) for r in range(2)]
     total = loaders[0].total_windows  # 6 + 11 = 17 windows, 4 steps of 4
@@ -331,7 +330,7 @@ def test_worker_memory_does_not_grow_with_corpus(tmp_path):
     manifest10 = replicate(base, big, 10)
     peaks, decoded = [], []
     for d in (base, big):
-        decoded.append(sum(s["notes"] for s in read_manifest(d)["shards"]) * 10)  # bytes of NOTE_DTYPE rows if held
+        decoded.append(sum(s.notes for s in read_manifest(d).shards) * 10)  # bytes of NOTE_DTYPE rows if held
         ld = StreamingLoader(DataConfig(dir=str(d), seq_len=16, stride=512, shuffle_block=1, workers=1),
                              micro_batch=4, global_batch=4)
         peak = 0
@@ -340,7 +339,7 @@ def test_worker_memory_does_not_grow_with_corpus(tmp_path):
                 for child in psutil.Process().children():
                     peak = max(peak, child.memory_full_info().uss)
         peaks.append(peak)
-    assert len(manifest10["shards"]) >= 30
+    assert len(manifest10.shards) >= 30
     print("worker peak USS MB (1x, 10x):", [p / 1e6 for p in peaks], "decoded MB:", [x / 1e6 for x in decoded])
     assert decoded[1] - decoded[0] > 150e6  # a loader holding the decoded corpus would grow by this much
     assert peaks[1] - peaks[0] < 40e6, [p / 1e6 for p in peaks]
@@ -374,7 +373,8 @@ def test_truncated_or_missing_shard_is_named_at_start(corpus, tmp_path, how):
         StreamingLoader(cfg_for(tmp_path / "c"), micro_batch=4, global_batch=4)
 
 
-@pytest.mark.parametrize("how, workers", [("corrupt", 0), ("blob", 0), pytest.param("corrupt", 2, marks=pytest.mark.slow)])
+@pytest.mark.parametrize("how, workers", [("corrupt", 0), ("blob", 0),
+                                         pytest.param("corrupt", 2, marks=pytest.mark.slow)])
 def test_corrupt_shard_raises_naming_it(corpus, tmp_path, how, workers):
     d, _, _ = corpus
     name = damaged_copy(d, tmp_path / "c", how)
@@ -389,9 +389,9 @@ def test_corrupt_shard_raises_naming_it(corpus, tmp_path, how, workers):
 def test_skip_mode_finishes_the_epoch(corpus, tmp_path, how, block, workers):
     d, _, manifest = corpus
     name = damaged_copy(d, tmp_path / "c", how)
-    entries = [s for s in manifest["shards"] if s["split"] == "train"]
-    k = [s["name"] for s in entries].index(name)
-    bad_pieces = set(range(sum(s["pieces"] for s in entries[:k]), sum(s["pieces"] for s in entries[: k + 1])))
+    entries = manifest.split("train")
+    k = [s.name for s in entries].index(name)
+    bad_pieces = set(range(sum(s.pieces for s in entries[:k]), sum(s.pieces for s in entries[: k + 1])))
     runs = []
     for w in sorted({0, workers}):
         ld = StreamingLoader(cfg_for(tmp_path / "c", on_error="skip", shuffle_block=block, workers=w),
@@ -411,7 +411,8 @@ def test_skip_mode_finishes_the_epoch(corpus, tmp_path, how, block, workers):
 
 def test_config_errors(corpus):
     d, _, _ = corpus
-    with pytest.raises(ValueError, match="multiple of micro_batch 4 x world_size 2"):
+    with pytest.raises(ConfigError, match=r"train.global_batch=12 is not a multiple of train.micro_batch \(4\) x "
+                                          r"world size \(2\) = 8"):
         StreamingLoader(cfg_for(d), micro_batch=4, global_batch=12, world_size=2)
     with pytest.raises(ShardError, match="no shards for split 'test'"):
         StreamingLoader(cfg_for(d), "test", micro_batch=4, global_batch=4)
@@ -419,6 +420,21 @@ def test_config_errors(corpus):
         StreamingLoader(cfg_for(d), "val", micro_batch=64, global_batch=64)
     with pytest.raises(ShardError, match="manifest.json not found"):
         StreamingLoader(cfg_for(d / "nowhere"), micro_batch=4, global_batch=4)
+
+
+def test_accumulation_steps_is_the_one_batch_check(corpus):
+    """global = micro x accumulation x world, checked in one place (the loader, deepj.train, launch plan)."""
+    assert accumulation_steps(24, 4, 3) == 2 and accumulation_steps(8, 8, 1) == 1
+    for g, m, w in ((12, 4, 2), (0, 4, 1), (-8, 4, 2)):
+        with pytest.raises(ConfigError, match=f"train.global_batch={g} .*micro"):
+            accumulation_steps(g, m, w)
+    with pytest.raises(ConfigError, match="train.micro_batch=0"):
+        accumulation_steps(8, 0, 1)
+    # a manifest read once by the caller gives the same loader as one read from data.dir
+    d, _, _ = corpus
+    given = StreamingLoader(cfg_for(d), micro_batch=2, global_batch=8, seed=3, manifest=read_manifest(d))
+    read = StreamingLoader(cfg_for(d), micro_batch=2, global_batch=8, seed=3)
+    assert given.corpus == read.corpus and np.array_equal(given.order(1), read.order(1))
 
 
 def test_group_style_trains_the_group_mixtures(tmp_path):

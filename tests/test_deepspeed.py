@@ -31,14 +31,15 @@ def _ds_worker(rank: int, world: int, port: int, stage: int, out_file: str) -> N
     from deepj.optim import OptimConfig, build_optimizer, build_scheduler
     from deepj.train_config import TrainConfig
 
-    dist.init_distributed("cpu")
+    info = dist.init_distributed("cpu")
     cfg = config.load(TrainConfig, None, [f"train.deepspeed_config=launcher/ds_zero{stage}.json", "train.micro_batch=4",
                                           "train.global_batch=16", "optim.grad_clip=0"])
     optim = OptimConfig(eps=STEP_EPS)
     torch.manual_seed(0)
     model = DeepJ(TINY)
     opt = build_optimizer(model.parameters(), optim)
-    engine = DeepSpeedEngine(model, opt, build_scheduler(opt, optim, 10), cfg=cfg, accumulation=2)
+    engine = DeepSpeedEngine(model, opt, build_scheduler(opt, optim, 10), train=cfg.train, grad_clip=cfg.optim.grad_clip,
+                             info=info, accumulation=2)
     prev, target, beat, style = (x.float() if x.is_floating_point() else x for x in global_batch())
     lo = rank * 8  # global batch 16 = micro 4 x accumulation 2 x world 2
     micro = [tuple(x[lo + 4 * m: lo + 4 * m + 4] for x in (prev, target, beat, style)) for m in range(2)]
@@ -99,3 +100,20 @@ def test_deepspeed_training_checkpoint_and_resume(tiny_shards, tmp_path):
     # generate needs only the checkpoint, whatever the backend
     res = run_cli("-m", "deepj.generate", str(run), "--style", "baroque", "--bars", "1", "--out", str(tmp_path / "g"))
     assert res.returncode == 0, res.stderr
+
+
+def test_deepspeed_bf16_run_with_samples(tiny_shards, tmp_path):
+    """DeepSpeed's bf16 mode casts the module to bf16; the samples logged during training must still be drawn (from a
+    float32 copy), not die feeding float32 inputs to bf16 layers."""
+    from test_train import read_tb, torchrun
+
+    run = tmp_path / "run"
+    res = torchrun("--config", "configs/debug.toml", f"data.dir={tiny_shards}", f"run.dir={run}",
+                   "train.backend=deepspeed", "train.deepspeed_config=launcher/ds_zero1.json", "train.precision=bf16",
+                   "train.max_steps=2", "log.sample_every=1", "log.every=1", "train.val_every=0", "checkpoint.every=2",
+                   env=DS_ENV)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    assert "LSTMs compute in torch.bfloat16" in res.stdout
+    images = read_tb(run).Tags()["images"]
+    assert {"samples/baroque", "samples/classical"} <= set(images)
+    assert (run / "step-00000002" / "COMPLETE").is_file()

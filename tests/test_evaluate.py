@@ -3,6 +3,7 @@ the report files and TensorBoard figures, and clear refusals."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import shutil
@@ -14,11 +15,14 @@ import pytest
 import torch
 
 from conftest import run_cli
+from deepj.checkpoint import CheckpointMeta, load_model
 from deepj.constants import PLAY, REPLAY, VOLUME
-from deepj.evaluate import EvalError, NLLAccumulator, evaluate, style_map
-from deepj.generate import load_for_inference
+from deepj.evaluate import EvalError, NLLAccumulator, check_compatible, evaluate, run_seq_len, style_map
+from deepj.manifest import Manifest
+from deepj.model import ModelConfig
 from deepj.representation import ReprConfig, notes_to_roll
-from deepj.shards import MANIFEST, NOTES_KEY, decode_notes
+from deepj.shards import NOTES_KEY, decode_notes
+from deepj.styles import StyleTree
 
 
 def softplus(x: float) -> float:
@@ -93,26 +97,43 @@ def test_style_map_by_name_and_refusal():
         style_map(["a/x"], ["c/w"])
 
 
+def _meta(styles=("baroque/bach", "folk/essen"), pitches=(36, 84), kind="train", config=None) -> CheckpointMeta:
+    return CheckpointMeta(step=1, world_size=1, kind=kind, backend="ddp", model=ModelConfig(num_styles=len(styles)),
+                          styles=StyleTree.from_leaves(list(styles)), representation=ReprConfig(*pitches),
+                          manifest_hash="0" * 16, config=config or {})
+
+
+def test_check_compatible_names_both_folders_and_what_differs():
+    manifest = Manifest(dir=Path("shards/x"), representation=ReprConfig(36, 84),
+                        styles=StyleTree.from_leaves(["baroque/bach", "folk/essen"]), shards=(), totals={},
+                        settings={})
+    check_compatible(_meta(), manifest, "runs/a/step-00000004")  # the same range and styles: fine
+    check_compatible(_meta(styles=("baroque/bach", "folk/essen", "x/y")), manifest)  # more styles: fine
+    with pytest.raises(EvalError, match=r"refusing: the checkpoint runs/a/step-00000004 models MIDI pitches "
+                                        r"\[21, 109\), the shards in shards/x hold \[36, 84\)"):
+        check_compatible(_meta(pitches=(21, 109)), manifest, "runs/a/step-00000004")
+    with pytest.raises(EvalError, match=r"shards in shards/x hold style\(s\) that the checkpoint was not trained "
+                                        r"with: folk/essen \(its styles: baroque/bach\)"):
+        check_compatible(_meta(styles=("baroque/bach",)), manifest)
+
+
+def test_run_seq_len_reads_the_training_window_of_train_runs_only():
+    assert run_seq_len(_meta(config={"data": {"seq_len": 64}})) == 64
+    assert run_seq_len(_meta(config={})) == 128
+    assert run_seq_len(_meta(kind="bl2012", config={"data": {"beat_period": 16}}), 32) == 32
+
+
 # ------------------------------------------------------------------------------------------- a real run
-@pytest.fixture(scope="module")
-def trained_run(tiny_shards, tmp_path_factory) -> Path:
-    run = tmp_path_factory.mktemp("eval") / "run"
-    run_cli("-m", "deepj.train", "--config", "configs/debug.toml", f"data.dir={tiny_shards}", f"run.dir={run}",
-            "train.max_steps=3", "checkpoint.every=3", "log.sample_every=0", "train.val_every=0", check=True)
-    return run
-
-
+# `trained_run` is the session's 4-step debug run (tests/conftest.py).
 def split_rolls(shards: Path, split: str) -> list[np.ndarray]:
     """Every piece of a split as a full (T, N, 3) roll, read straight from the tars, in manifest order."""
-    manifest = json.loads((shards / MANIFEST).read_text())
-    rep = manifest["representation"]
-    cfg = ReprConfig(min_pitch=rep["min_pitch"], max_pitch=rep["max_pitch"])
+    manifest = Manifest.load(shards)
     rolls = []
-    for entry in [s for s in manifest["shards"] if s["split"] == split]:
-        with tarfile.open(shards / entry["name"]) as tar:
+    for entry in manifest.split(split):
+        with tarfile.open(shards / entry.name) as tar:
             blobs = [tar.extractfile(m).read() for m in tar.getmembers() if m.name.endswith("." + NOTES_KEY)]
-        for blob, steps in zip(blobs, entry["piece_steps"]):
-            rolls.append(notes_to_roll(decode_notes(blob), cfg, 0, steps))
+        for blob, steps in zip(blobs, entry.piece_steps):
+            rolls.append(notes_to_roll(decode_notes(blob), manifest.representation, 0, steps))
     return rolls
 
 
@@ -133,9 +154,9 @@ class FixedOutputs(torch.nn.Module):
 def test_full_pass_scores_each_step_once_by_hand(trained_run, tiny_shards, seq_len):
     """A full pass with constant outputs equals the value computed from the pieces themselves: every step of every
     window of stride = seq_len counted once, padding and the wrapped tail of the last batch excluded."""
-    model, shared, _ = load_for_inference(trained_run)
+    model, meta, _ = load_model(trained_run)
     fixed = FixedOutputs(model.cfg, -2.0, 0.5, 0.6)
-    res = evaluate(fixed, shared, tiny_shards, "val", seq_len=seq_len, batch_size=5)
+    res = evaluate(fixed, meta, tiny_shards, "val", seq_len=seq_len, batch_size=5)
     play = replay = volume = 0.0
     frames = played_n = windows = 0
     for roll in split_rolls(tiny_shards, "val"):
@@ -159,7 +180,7 @@ def test_full_pass_scores_each_step_once_by_hand(trained_run, tiny_shards, seq_l
     assert res["total_nll_per_frame"] == pytest.approx((play + replay) / frames, rel=1e-6)
     assert res["volume_mse"] == pytest.approx(volume / played_n, rel=1e-5)
     # --batches N: exactly N micro-batches
-    some = evaluate(fixed, shared, tiny_shards, "val", seq_len=seq_len, batch_size=2, batches=1)
+    some = evaluate(fixed, meta, tiny_shards, "val", seq_len=seq_len, batch_size=2, batches=1)
     assert some["counts"]["windows"] == 2 and some["mode"] == "1 batches"
 
 
@@ -185,7 +206,7 @@ def test_cli_writes_report_plots_and_tensorboard(trained_run, tiny_shards):
     tags = ea.Tags()
     assert "eval/val/per_pitch" in tags["images"] and "eval/val/per_beat" in tags["images"]
     assert ea.Scalars("eval/val/play_nll_per_frame")[-1].value == pytest.approx(report["play_nll_per_frame"], rel=1e-5)
-    assert ea.Scalars("eval/val/play_nll_per_frame")[-1].step == 3
+    assert ea.Scalars("eval/val/play_nll_per_frame")[-1].step == 4  # the session run's checkpoint
 
 
 @pytest.mark.slow
@@ -199,8 +220,7 @@ def test_cli_refusals_are_clear(trained_run, tiny_shards, tmp_path):
     # Shards of another pitch range: refused, whatever their content.
     other = tmp_path / "other"
     shutil.copytree(tiny_shards, other)
-    manifest = json.loads((other / MANIFEST).read_text())
-    manifest["representation"].update(min_pitch=21, max_pitch=109)
-    (other / MANIFEST).write_text(json.dumps(manifest))
+    dataclasses.replace(Manifest.load(other), representation=ReprConfig(21, 109)).write()
     res = run_cli("-m", "deepj.evaluate", str(trained_run), "--data", str(other))
     assert res.returncode == 2 and "refusing" in res.stderr and "[36, 84)" in res.stderr and "[21, 109)" in res.stderr
+    assert str(other) in res.stderr and "step-00000004" in res.stderr  # both folders named

@@ -12,8 +12,13 @@ import pytest
 
 from conftest import run_cli
 from deepj import fidelity as fd
+from deepj import fidelity_features as ff
 from deepj import listening
 from deepj.representation import ReprConfig, notes_to_roll
+from deepj.sampling import SampleConfig
+from deepj.styles import slug
+from deepj.shards import ShardError
+from deepj.styles import StyleTree
 from shardgen import random_piece, write_corpus
 
 CFG = ReprConfig()
@@ -28,17 +33,17 @@ def test_features_ignore_volume():
     roll = _roll(0)
     other = roll.copy()
     other[..., 2] = np.where(other[..., 0] > 0.5, 1.0, 0.0)  # every note at full volume
-    f = fd.window_features(roll, CFG)
-    assert f.shape == (fd.NUM_FEATURES,) and np.isfinite(f).all()
-    np.testing.assert_array_equal(f, fd.window_features(other, CFG))
+    f = ff.window_features(roll, CFG)
+    assert f.shape == (ff.NUM_FEATURES,) and np.isfinite(f).all()
+    np.testing.assert_array_equal(f, ff.window_features(other, CFG))
 
 
 def test_only_register_features_change_under_transposition():
     notes = random_piece(np.random.default_rng(1), 64, density=1.0, max_len=6, pitches=(50, 70))
-    a = fd.window_features(notes_to_roll(notes, CFG, 0, 64), CFG)
-    b = fd.window_features(notes_to_roll(notes, CFG, 0, 64, transpose=5), CFG)
+    a = ff.window_features(notes_to_roll(notes, CFG, 0, 64), CFG)
+    b = ff.window_features(notes_to_roll(notes, CFG, 0, 64, transpose=5), CFG)
     moved = {"register", "pitch_mean_std"}
-    for name, sl in fd.FEATURE_SLICES.items():
+    for name, sl in ff.FEATURE_SLICES.items():
         if name in moved:
             assert not np.allclose(a[sl], b[sl]), name
         else:
@@ -46,30 +51,30 @@ def test_only_register_features_change_under_transposition():
 
 
 def test_features_of_silence_and_hand_made_window():
-    f = fd.window_features(np.zeros((32, CFG.num_notes, 3), np.float32), CFG)
+    f = ff.window_features(np.zeros((32, CFG.num_notes, 3), np.float32), CFG)
     assert np.isfinite(f).all()
-    assert f[fd.FEATURE_SLICES["polyphony"]][0] == 1.0  # every step silent
+    assert f[ff.FEATURE_SLICES["polyphony"]][0] == 1.0  # every step silent
     # A C-major triad held for a bar, then silence: 3 notes, all onsets on beat 0, polyphony 3 for 16 of 32 steps.
     roll = notes_to_roll(np.array([(60, 0, 16, 64), (64, 0, 16, 64), (67, 0, 16, 64)],
                                   dtype=[("pitch", "u1"), ("start", "u4"), ("end", "u4"), ("velocity", "u1")]),
                          CFG, 0, 32)
-    f = fd.window_features(roll, CFG)
-    np.testing.assert_allclose(f[fd.FEATURE_SLICES["polyphony"]], [0.5, 0, 0, 0.5, 0, 0, 0])
-    assert f[fd.FEATURE_SLICES["beat_position"]][0] == 1.0
-    assert f[fd.FEATURE_SLICES["mode"]][0] == 0.0  # major
-    chroma = f[fd.FEATURE_SLICES["key_chroma"]]
+    f = ff.window_features(roll, CFG)
+    np.testing.assert_allclose(f[ff.FEATURE_SLICES["polyphony"]], [0.5, 0, 0, 0.5, 0, 0, 0])
+    assert f[ff.FEATURE_SLICES["beat_position"]][0] == 1.0
+    assert f[ff.FEATURE_SLICES["mode"]][0] == 0.0  # major
+    chroma = f[ff.FEATURE_SLICES["key_chroma"]]
     np.testing.assert_allclose(chroma[[0, 4, 7]], [1 / 3] * 3, atol=1e-6)  # tonic C -> index 0
     # Intervals of C-E-G: a major third (4), a minor third (3) and a fifth (= interval class 5).
-    np.testing.assert_allclose(f[fd.FEATURE_SLICES["vertical_intervals"]], [0, 0, 0, 1 / 3, 1 / 3, 1 / 3, 0])
+    np.testing.assert_allclose(f[ff.FEATURE_SLICES["vertical_intervals"]], [0, 0, 0, 1 / 3, 1 / 3, 1 / 3, 0])
 
 
 def test_accuracy_block_by_hand():
     prob = np.array([[0.9, 0.1], [0.4, 0.6], [0.2, 0.8], [0.3, 0.7]])
-    res = fd.accuracy_block(np.array([0, 0, 1, 1]), prob, ["a", "b"])
+    res = ff.accuracy_block(np.array([0, 0, 1, 1]), prob, ["a", "b"])
     assert res["accuracy"] == 0.75 and res["balanced_accuracy"] == 0.75
     assert res["recall"] == {"a": 0.5, "b": 1.0} and res["confusion"] == [[1, 1], [0, 2]]
     assert res["mean_prob_true"]["a"] == pytest.approx(0.65) and res["mean_prob_true"]["b"] == pytest.approx(0.75)
-    empty = fd.accuracy_block(np.array([1]), np.array([[0.2, 0.8]]), ["a", "b"])
+    empty = ff.accuracy_block(np.array([1]), np.array([[0.2, 0.8]]), ["a", "b"])
     assert empty["recall"]["a"] is None and empty["balanced_accuracy"] == 1.0
 
 
@@ -79,7 +84,7 @@ def test_shift_correction_moves_the_generated_centre_onto_the_real_one():
     y_real = np.repeat([0, 1, 2], 20)
     real[y_real == 1] += 3.0
     gen = real[:40] * 0.5 - 7.0  # classes 0 and 1 only, squeezed and offset
-    fixed = fd.shift_corrected(gen, y_real[:40], real, y_real)
+    fixed = ff.shift_corrected(gen, y_real[:40], real, y_real)
     centre = lambda x, y: np.mean([x[y == c].mean(0) for c in (0, 1)], axis=0)  # noqa: E731
     np.testing.assert_allclose(centre(fixed, y_real[:40]), centre(real, y_real), atol=1e-5)
     np.testing.assert_allclose(fixed[:20] - fixed[20:], gen[:20] - gen[20:], atol=1e-5)  # differences kept
@@ -87,8 +92,8 @@ def test_shift_correction_moves_the_generated_centre_onto_the_real_one():
 
 def test_level_labels():
     styles = ["baroque/bach", "baroque/handel", "folk/essen"]
-    assert fd.level_labels(styles, "period") == (["baroque", "folk"], pytest.approx(np.array([0, 0, 1])))
-    classes, idx = fd.level_labels(styles, "composer")
+    assert ff.level_labels(styles, "period") == (["baroque", "folk"], pytest.approx(np.array([0, 0, 1])))
+    classes, idx = ff.level_labels(styles, "composer")
     assert classes == styles and idx.tolist() == [0, 1, 2]
 
 
@@ -112,16 +117,16 @@ def test_classifier_learns_two_toy_styles(toy_shards):
     val = fd.real_windows(toy_shards, "val", 32, transpose=0, max_per_style=1000, seed=0)
     assert len(train.style) == 2 * 8 * 7  # (128 - 32) // 16 + 1 = 7 windows per piece
     assert len(val.style) == 2 * 3 * 7 and sorted(set(val.style)) == [0, 1]
-    clf = fd.StyleClassifier(["low", "high"]).fit(train.x(), train.y(), epochs=150)
-    res = fd.accuracy_block(val.y(), clf.predict_proba(val.x()), clf.classes)
+    clf = ff.StyleClassifier(["low", "high"]).fit(train.x(), train.y(), epochs=150)
+    res = ff.accuracy_block(val.y(), clf.predict_proba(val.x()), clf.classes)
     assert res["accuracy"] >= 0.95, res
     capped = fd.real_windows(toy_shards, "train", 32, transpose=0, max_per_style=10, seed=0)
     assert np.bincount(capped.y()).tolist() == [10, 10]
 
 
 def test_classifier_needs_two_styles():
-    with pytest.raises(fd.FidelityError, match="at least 2 styles"):
-        fd.StyleClassifier(["a", "b"]).fit(np.zeros((4, fd.NUM_FEATURES), np.float32), np.zeros(4, np.int64))
+    with pytest.raises(ff.FidelityError, match="at least 2 styles"):
+        ff.StyleClassifier(["a", "b"]).fit(np.zeros((4, ff.NUM_FEATURES), np.float32), np.zeros(4, np.int64))
 
 
 def test_empty_and_short_data_are_clear_errors(tmp_path):
@@ -130,24 +135,37 @@ def test_empty_and_short_data_are_clear_errors(tmp_path):
                  shard_bytes=1 << 20, styles=["low/a", "high/b"])
     with pytest.raises(fd.FidelityError, match=r"no piece of the train split is 32 steps \(2 bars\) long; lower"):
         fd.real_windows(tmp_path / "short", "train", 32, transpose=0, max_per_style=10, seed=0)
-    with pytest.raises(fd.FidelityError, match="no shards for split 'val'"):
+    with pytest.raises(ShardError, match="no shards for split 'val'"):
         fd.real_windows(tmp_path / "short", "val", 16, transpose=0, max_per_style=10, seed=0)
 
 
-def test_blend_level_and_compatibility_errors():
-    manifest = {"styles": ["baroque/bach", "folk/essen"], "representation": {"min_pitch": 36, "max_pitch": 84},
-                "levels": {"baroque": [0], "bach": [0], "baroque/bach": [0], "folk": [1], "essen": [1],
-                           "folk/essen": [1]}}
-    assert fd.blend_level("baroque", "folk", manifest) == ("period", "baroque", "folk")
-    assert fd.blend_level("bach", "folk/essen", manifest) == ("composer", "baroque/bach", "folk/essen")
+def test_blend_level():
+    styles = StyleTree.from_leaves(["baroque/bach", "folk/essen"])
+    assert fd.blend_level("baroque", "folk", styles) == ("period", "baroque", "folk")
+    assert fd.blend_level("bach", "folk/essen", styles) == ("composer", "baroque/bach", "folk/essen")
     with pytest.raises(fd.FidelityError, match="name two periods"):
-        fd.blend_level("baroque", "essen", manifest)
-    shared = {"styles": manifest["styles"], "representation": {"min_pitch": 21, "max_pitch": 109}}
-    with pytest.raises(fd.FidelityError, match=r"refusing: the checkpoint models MIDI pitches \[21, 109\)"):
-        fd.check_compatible(shared, manifest, "shards/x")
-    shared = {"styles": ["baroque/bach"], "representation": manifest["representation"]}
-    with pytest.raises(fd.FidelityError, match="not trained with: folk/essen"):
-        fd.check_compatible(shared, manifest, "shards/x")
+        fd.blend_level("baroque", "essen", styles)
+
+
+def test_options_are_checked_and_named_as_on_the_command_line():
+    with pytest.raises(fd.FidelityError, match="--lead-bars"):
+        fd.FidelityOptions(lead_bars=-1)
+    with pytest.raises(fd.FidelityError, match="choose from period, composer"):
+        fd.FidelityOptions(levels=("era",))
+    args = fd.parse_args(["run", "--data", "x", "--level", "both", "--temperature", "0.5", "--mode", "window",
+                          "--blend", "a,b"])
+    opts = fd.options(args)
+    assert opts.levels == fd.LEVELS and opts.blend == ("a", "b")
+    assert opts.sample == SampleConfig(temperature=0.5, mode="window")  # generation's own sampling options
+    with pytest.raises(fd.FidelityError, match="^--temperature must be > 0"):
+        fd.options(fd.parse_args(["run", "--data", "x", "--temperature", "0"]))
+
+
+def test_one_slug_for_styles_and_blends():
+    assert slug("Baroque/Bach") == "baroque-bach"
+    assert slug(["baroque=0.5", "classical=0.5"]) == "baroque=0.5+classical=0.5"
+    assert slug(["bach"]) == slug("bach") == "bach"
+    assert slug("//") == slug([]) == "style"
 
 
 def test_cli_bad_paths_and_options(tiny_shards, tmp_path, capsys):
@@ -173,12 +191,10 @@ def test_lead_bars_classify_the_end_of_longer_pieces():
     model = DeepJ(ModelConfig(num_notes=12, num_styles=2, style_dim=4, conv_filters=3, conv_kernel=5, time_hidden=8,
                               note_hidden=6))
     vectors = torch.eye(2)
-    whole = fd.generate_rolls(model, vectors, 3, 24, temperature=1.0, seed=5, device="cpu")  # (2, 3, 24, 12, 3)
-    tail = fd.generate_rolls(model, vectors, 3, 8, temperature=1.0, seed=5, device="cpu", lead=16)
+    whole = fd.generate_rolls(model, vectors, 3, 24, SampleConfig(), seed=5, device="cpu")  # (2, 3, 24, 12, 3)
+    tail = fd.generate_rolls(model, vectors, 3, 8, SampleConfig(), seed=5, device="cpu", lead=16)
     assert tail.shape == (2, 3, 8, 12, 3) and whole[..., :, 0].sum() > 0
     np.testing.assert_array_equal(tail, whole[:, :, 16:])
-
-
 
 
 @pytest.mark.slow
@@ -189,6 +205,7 @@ def test_cli_end_to_end(trained_run, tiny_shards, tmp_path):
     assert res.returncode == 0, res.stderr
     rep = json.loads((out / "fidelity.json").read_text())
     assert rep["window_steps"] == 32 and rep["step"] == 4 and rep["silence_redraws"] == 8  # the sampler's default
+    assert rep["sample_mode"] == "stateful" and rep["temperature"] == 1.0
     period, composer = rep["levels"]["period"], rep["levels"]["composer"]
     assert period["classes"] == ["baroque", "classical"] and period["chance"] == 0.5
     assert composer["classes"] == ["baroque/bach", "baroque/handel", "classical/mozart"]

@@ -9,6 +9,7 @@ Run with `-rP` to see what each test prints (the LSTM dtypes bf16 gets, whether 
 
 from __future__ import annotations
 
+import json
 import math
 import os
 from pathlib import Path
@@ -92,7 +93,7 @@ def test_mixed_precision_training_steps(tiny_shards, precision):
     engine = DDPEngine(model, opt, build_scheduler(opt, ocfg, steps), device=dev, distributed=False, accumulation=1,
                        precision=precision, grad_clip=ocfg.grad_clip)
 
-    probed = lstm_compute_dtypes(model, dev, precision, model.cfg.num_styles, n)
+    probed = lstm_compute_dtypes(model, dev, precision)
     print(f"{precision} on {DEVICE}: LSTMs compute in {sorted(str(d) for d in probed)}")
     if precision == "fp16":
         assert probed == {torch.float16}
@@ -148,7 +149,8 @@ def train(shards: Path, run: Path, precision: str, env: dict | None = None):
 
 def load_ckpt(run: Path, step: int) -> tuple[dict, dict]:
     ckpt = checkpoint.step_dir(run, step)
-    return checkpoint.load_shared(ckpt), checkpoint.load_rank(ckpt, 0)
+    meta = json.loads((ckpt / checkpoint.META).read_text())
+    return {**checkpoint.load_shared(ckpt), "meta": meta}, checkpoint.load_rank(ckpt, 0)
 
 
 def assert_same_run_state(a: tuple[dict, dict], b: tuple[dict, dict], exact_floats: bool) -> None:
@@ -156,10 +158,11 @@ def assert_same_run_state(a: tuple[dict, dict], b: tuple[dict, dict], exact_floa
     torch, CUDA and numpy RNG states equal exactly; model weights and optimizer moments exactly too, or (when the GPU's
     kernels are not run-to-run deterministic) within a tolerance far below one optimizer step's change."""
     (sa, ra), (sb, rb) = a, b
-    for key in ("step", "loader", "manifest_hash"):
-        tree_equal(sa[key], sb[key], key)
-    tree_equal({k: v for k, v in sa["config"].items() if k != "run"},  # run.dir differs
-               {k: v for k, v in sb["config"].items() if k != "run"}, "config")
+    tree_equal(sa["loader"], sb["loader"], "loader")
+    for key in ("step", "manifest_hash", "model", "styles"):
+        tree_equal(sa["meta"][key], sb["meta"][key], key)
+    tree_equal({k: v for k, v in sa["meta"]["config"].items() if k != "run"},  # run.dir differs
+               {k: v for k, v in sb["meta"]["config"].items() if k != "run"}, "config")
     ea, eb = sa["engine"], sb["engine"]
     for key in ("scheduler", "scaler"):
         tree_equal(ea[key], eb[key], key)
@@ -232,7 +235,7 @@ def test_killed_and_resumed_run_matches_uninterrupted(tiny_shards, tmp_path, pre
 
     cfg = config.load(TrainConfig, a / "config.toml")
     probe = DeepJ(cfg.model).to(DEVICE)
-    lstm = lstm_compute_dtypes(probe, torch.device(DEVICE), precision, cfg.model.num_styles, cfg.model.num_notes)
+    lstm = lstm_compute_dtypes(probe, torch.device(DEVICE), precision)
     assert f"precision {precision}: LSTMs compute in {', '.join(sorted(str(d) for d in lstm))}" in res.stdout
 
     res = train(tiny_shards, b, precision, env={"DEEPJ_FAULT": "before-latest:3:0"})

@@ -19,6 +19,7 @@ from deepj.launch.__main__ import main as launch_main
 from deepj.launch.compose import LaunchError, LaunchSpec, compose
 from deepj.launch.plan import activation_layout, gpu_memory
 from deepj.loss import deepj_loss
+from deepj.manifest import read_manifest
 from deepj.model import DeepJ, ModelConfig
 from deepj.train_config import TrainConfig
 
@@ -99,14 +100,14 @@ def test_plan_debug_matches_independent_numbers(tiny_shards, tmp_path, capsys):
     assert code == 0
     plan = json.loads(out)
     cfg = config.load(TrainConfig, REPO / DEBUG, [f"data.dir={tiny_shards}"])
-    manifest = json.loads((tiny_shards / "manifest.json").read_text())
-    mcfg = ModelConfig(**{**cfg.model.__dict__, "num_notes": 48, "num_styles": len(manifest["styles"])})
+    manifest = read_manifest(tiny_shards)
+    mcfg = ModelConfig(**{**cfg.model.__dict__, "num_notes": 48, "num_styles": manifest.styles.num_styles})
     params = sum(p.numel() for p in DeepJ(mcfg).parameters())
     assert plan["params"] == params and plan["config"]["num_styles"] == 3
     # steps per epoch: the loader's own count, and the windowing formula over the manifest's piece lengths
     loader = StreamingLoader(cfg.data, "train", micro_batch=4, global_batch=8)
     assert plan["data"]["steps_per_epoch"] == loader.steps_per_epoch()
-    steps = [t for s in manifest["shards"] if s["split"] == "train" for t in s["piece_steps"]]
+    steps = [t for s in manifest.split("train") for t in s.piece_steps]
     assert plan["data"]["train"]["windows"] == sum(max(1, (t - 32) // 16 + 1) for t in steps) == loader.total_windows
     assert plan["config"]["accumulation"] == 2
     # static memory: fp32 DDP on one rank = weights + grads + two Adam moments, exactly
@@ -160,7 +161,7 @@ def test_plan_scales_and_warns(tmp_path, capsys):
     assert code == 0 and "over 90% of the GPU's 2.0 GiB" in out
     code, out, _ = launch(capsys, "plan", "--no-disk-probe", "--config", PAPER, f"data.dir={tmp_path}",
                           "--gpus-per-node", "3")
-    assert "error: train.global_batch=16 is not a multiple of train.micro_batch=4 x world 3" in out
+    assert "error: train.global_batch=16 is not a multiple of train.micro_batch (4) x world size (3) = 12" in out
     code, _, err = launch(capsys, "plan", "--config", PAPER, "train.nonsense=1")
     assert code == 2 and "unknown config key" in err
 

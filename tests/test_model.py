@@ -205,6 +205,26 @@ def test_cpu_dropout_rate_scale_and_gradient(p):
     assert dropout(x, p, False) is x and dropout(x, 0.0, True) is x
 
 
+def test_cpu_dropout_attribute_chooses_the_mask_kind_per_model():
+    """`DeepJ.cpu_dropout` (default True) draws `dropout`'s 16-bit masks; False on one instance draws `F.dropout`'s,
+    and leaves every other model (and the class default) as it was."""
+    m, other = _tiny().train(), _tiny().train()
+    x = torch.ones(4, 300)
+    torch.manual_seed(3)
+    want = dropout(x, 0.5, True)
+    torch.manual_seed(3)
+    assert torch.equal(m._dropout(x, 0.5), want)
+    m.cpu_dropout = False
+    torch.manual_seed(3)
+    torch_mask = F.dropout(x, 0.5, True)
+    torch.manual_seed(3)
+    assert torch.equal(m._dropout(x, 0.5), torch_mask) and not torch.equal(torch_mask, want)
+    assert DeepJ.cpu_dropout is True and other.cpu_dropout is True
+    torch.manual_seed(3)
+    assert torch.equal(other._dropout(x, 0.5), want)
+    assert m.eval()._dropout(x, 0.5) is x and other.eval()._dropout(x, 0.5) is x
+
+
 def test_forward_equals_step_by_step():
     m = _tiny()
     prev, target, beat, style = _inputs(t=7)

@@ -16,10 +16,12 @@ import pytest
 from midi_files import bad_files
 from test_corpus import MAESTRO_CSV, write_piece
 
+from deepj.manifest import read_manifest
 from deepj.midi_io import read_midi
-from deepj.preprocess import assign_splits, main, process_file, split_hash, style_levels
+from deepj.preprocess import assign_splits, main, process_file, split_hash
 from deepj.representation import ReprConfig
-from deepj.shards import decode_notes, piece_key, read_manifest
+from deepj.shards import decode_notes, piece_key
+from deepj.styles import StyleTree
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -66,14 +68,20 @@ def test_folder_to_shards(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "train" in printed and "report: " + str(out / "report.json") in printed
     m = read_manifest(out)
-    assert m["styles"] == ["baroque/bach", "baroque/handel", "classical/mozart"]
-    assert m["levels"] == {"bach": [0], "baroque": [0, 1], "baroque/bach": [0], "baroque/handel": [1],
-                           "classical": [2], "classical/mozart": [2], "handel": [1], "mozart": [2]}
-    assert m["level_names"] == [["baroque", "classical"], ["bach", "handel", "mozart"]]
-    assert m["representation"] == {"min_pitch": 36, "max_pitch": 84, "steps_per_beat": 4,
-                                   "grid": "beat-relative 16th notes"}
-    assert m["settings"]["val_fraction"] == 0.3 and m["settings"]["source"] == "folder"
-    assert m["tool"] == "deepj 0.1.0" and m["format_version"] == 1
+    assert m.styles.styles == ("baroque/bach", "baroque/handel", "classical/mozart")
+    assert m.representation == ReprConfig(36, 84)
+    assert m.settings["val_fraction"] == 0.3 and m.settings["source"] == "folder"
+    assert m.tool == "deepj 0.1.0"
+    # on disk: the schema other tools read (the typed manifest writes back exactly the file)
+    raw = json.loads((out / "manifest.json").read_text(encoding="utf-8"))
+    assert raw["styles"] == ["baroque/bach", "baroque/handel", "classical/mozart"]
+    assert raw["levels"] == {"bach": [0], "baroque": [0, 1], "baroque/bach": [0], "baroque/handel": [1],
+                             "classical": [2], "classical/mozart": [2], "handel": [1], "mozart": [2]}
+    assert raw["level_names"] == [["baroque", "classical"], ["bach", "handel", "mozart"]]
+    assert raw["representation"] == {"min_pitch": 36, "max_pitch": 84, "steps_per_beat": 4,
+                                     "grid": "beat-relative 16th notes"}
+    assert raw["tool"] == "deepj 0.1.0" and raw["format_version"] == 1
+    assert m.to_json() == raw
 
     expected_split = {s: ("val" if split_hash(s, 3) < 0.3 else "train") for s in sources}
     cfg = ReprConfig()
@@ -81,20 +89,19 @@ def test_folder_to_shards(tmp_path, capsys):
     for split in ("train", "val"):
         samples = read_shards(out, split)
         assert [meta["source"] for meta, _ in samples] == sorted(meta["source"] for meta, _ in samples)
-        shard_entries = [e for e in m["shards"] if e["split"] == split]
-        assert [meta["steps"] for meta, _ in samples] == [s for e in shard_entries for s in e["piece_steps"]]
-        assert [meta["style_id"] for meta, _ in samples] == [s for e in shard_entries for s in e["piece_styles"]]
-        assert m["totals"][split]["pieces"] == len(samples)
-        assert m["totals"][split]["steps"] == sum(meta["steps"] for meta, _ in samples)
+        assert [meta["steps"] for meta, _ in samples] == m.piece_steps(split).tolist()
+        assert [meta["style_id"] for meta, _ in samples] == m.piece_styles(split).tolist()
+        assert m.totals[split]["pieces"] == len(samples)
+        assert m.totals[split]["steps"] == sum(meta["steps"] for meta, _ in samples)
         for meta, notes in samples:
             seen[meta["source"]] = split
             assert meta["style"] == meta["source"].rsplit("/", 1)[0]
-            assert m["styles"][meta["style_id"]] == meta["style"]
+            assert m.styles.styles[meta["style_id"]] == meta["style"]
             ref = read_midi(src / meta["source"], cfg)
             assert (notes == ref).all() and len(notes) == meta["notes"]
     assert seen == expected_split
     assert {"train", "val"} == set(seen.values())
-    assert m["totals"]["files_seen"] == 9 and m["totals"]["files_skipped"] == 0
+    assert m.totals["files_seen"] == 9 and m.totals["files_skipped"] == 0
     report = json.loads((out / "report.json").read_text())
     assert report["pieces_written"] == 9 and report["counts"] == {} and report["files_seen"] == 9
 
@@ -104,15 +111,16 @@ def test_small_shards_and_style_levels(tmp_path):
     make_tree(src, n_per_style=4)
     assert run(src, out, "--shard-size-mb", "0.002", "--val-fraction", "0.01") == 0  # ~2 kB: a shard per 1-2 pieces
     m = read_manifest(out)
-    names = [e["name"] for e in m["shards"]]
+    names = [e.name for e in m.shards]
     # tarfile writes in 10 kB records, so a tiny target size means a shard per record: several train shards
-    assert sum(n.startswith("train-") for n in names) >= 2 and names == sorted(names, key=lambda n: (n.split("-")[0] != "train", n))
+    assert sum(n.startswith("train-") for n in names) >= 2
+    assert names == sorted(names, key=lambda n: (n.split("-")[0] != "train", n))
     assert sorted(p.name for p in out.glob("*.tar")) == sorted(names)
-    assert m["totals"]["val"]["pieces"] == 1  # the fraction rounds to no piece, but val is never left empty
-    levels, names_per_depth = style_levels(["a/x/1", "a/y", "b/x"])
-    assert levels == {"1": [0], "a": [0, 1], "a/x": [0], "a/x/1": [0], "a/y": [1], "b": [2], "b/x": [2],
-                      "x": [0, 2], "y": [1]}
-    assert names_per_depth == [["a", "b"], ["x", "y"], ["1"]]
+    assert m.totals["val"]["pieces"] == 1  # the fraction rounds to no piece, but val is never left empty
+    tree = StyleTree.from_leaves(["a/x/1", "a/y", "b/x"])
+    assert tree.levels == {"1": [0], "a": [0, 1], "a/x": [0], "a/x/1": [0], "a/y": [1], "b": [2], "b/x": [2],
+                           "x": [0, 2], "y": [1]}
+    assert tree.level_names == (("a", "b"), ("x", "y"), ("1",))
 
 
 def test_split_is_deterministic_and_stable_when_files_are_added(tmp_path):
@@ -166,8 +174,8 @@ def test_bad_files_are_reported_not_fatal(tmp_path, capsys):
     short = next(s for s in report["skipped"] if s["file"] == "bad/short.mid")
     assert short["detail"] == "8 steps < --min-steps 32"
     m = read_manifest(out)
-    assert m["styles"] == ["good"] and m["totals"]["files_skipped"] == len(expected)
-    assert sum(m["totals"][s]["pieces"] for s in ("train", "val")) == len(good)
+    assert m.styles.styles == ("good",) and m.totals["files_skipped"] == len(expected)
+    assert sum(m.totals[s]["pieces"] for s in ("train", "val")) == len(good)
     printed = capsys.readouterr().out
     assert f"skipped {len(expected)} of {len(expected) + 3} files: corrupt 5" in printed
 
@@ -214,7 +222,7 @@ def test_rerun_is_idempotent_and_settings_are_guarded(tmp_path, capsys):
 
     assert run(src, out, "--shard-size-mb", "64", "--seed", "5", "--force") == 0
     m = read_manifest(out)
-    assert m["settings"]["seed"] == 5 and m["settings"]["shard_size_mb"] == 64.0
+    assert m.settings["seed"] == 5 and m.settings["shard_size_mb"] == 64.0
     now = sorted(p.name for p in out.glob("*.tar"))
     assert now == ["train-000000.tar", "val-000000.tar"] and len(many) > 2  # the stale small shards are gone
     report = json.loads((out / "report.json").read_text())
@@ -253,13 +261,13 @@ def test_maestro_csv(tmp_path, capsys):
     out = tmp_path / "shards"
     assert run(csv_path, out) == 0
     m = read_manifest(out)
-    assert m["styles"] == sorted(style for style, _ in picked.values())
-    assert m["settings"]["source"] == "maestro"
+    assert list(m.styles.styles) == sorted(style for style, _ in picked.values())
+    assert m.settings["source"] == "maestro"
     got = {meta["source"]: (meta["style"], split) for split in ("train", "val", "test")
            for meta, _ in read_shards(out, split)}
     assert got == picked  # official split kept, composer -> period/composer
-    assert [e["name"] for e in m["shards"]] == ["train-000000.tar", "val-000000.tar", "test-000000.tar"]
-    assert m["totals"]["test"]["pieces"] == 2
+    assert [e.name for e in m.shards] == ["train-000000.tar", "val-000000.tar", "test-000000.tar"]
+    assert m.totals["test"]["pieces"] == 2
     report = json.loads((out / "report.json").read_text())
     assert report["counts"] == {"missing": 1276 - 6} and report["unknown_composers"] == {}
     assert all(s["reason"] == "missing" for s in report["skipped"])
@@ -267,9 +275,9 @@ def test_maestro_csv(tmp_path, capsys):
     periods = tmp_path / "periods.json"
     periods.write_text(json.dumps({"Frédéric Chopin": "polish", "haydn": "vienna"}))
     assert main([str(csv_path), str(tmp_path / "o2"), "--periods", str(periods), "--workers", "1"]) == 0
-    styles = read_manifest(tmp_path / "o2")["styles"]
+    styles = read_manifest(tmp_path / "o2").styles.styles
     assert "polish/chopin" in styles and "vienna/haydn" in styles and "romantic/chopin" not in styles
-    assert read_manifest(tmp_path / "o2")["settings"]["periods"] == {"chopin": "polish", "haydn": "vienna"}
+    assert read_manifest(tmp_path / "o2").settings["periods"] == {"chopin": "polish", "haydn": "vienna"}
 
     broken = tmp_path / "maestro" / "broken.csv"
     with open(csv_path, newline="", encoding="utf-8") as f, open(broken, "w", newline="", encoding="utf-8") as g:
@@ -296,7 +304,7 @@ def test_cli_as_a_user_runs_it(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert "wrote " in proc.stdout and "report: " in proc.stdout
     m = read_manifest(out)
-    assert m["totals"]["train"]["pieces"] + m["totals"]["val"]["pieces"] == 9
+    assert m.totals["train"]["pieces"] + m.totals["val"]["pieces"] == 9
     first = sha_all(out)
     # one process gives the same bytes as a pool of two (the manifest holds no output path, time or worker count)
     assert run(src, tmp_path / "one") == 0

@@ -29,8 +29,9 @@ from test_corpus import MAESTRO_CSV, write_piece
 
 from deepj import preprocess
 from deepj.data import DataConfig, StreamingLoader
+from deepj.manifest import read_manifest
 from deepj.preprocess_merge import MergeError, merge, rewrite_style_ids, run_slice
-from deepj.shards import read_manifest, sha256_file
+from deepj.shards import sha256_file
 
 PRE = ["--workers", "1", "--val-fraction", "0.2", "--min-steps", "16"]
 
@@ -39,13 +40,13 @@ def samples(shard_dir: Path) -> list[dict]:
     """Every sample's json, with the manifest's view of it: (shard, position, piece_styles entry, split)."""
     m = read_manifest(shard_dir)
     out = []
-    for entry in m["shards"]:
-        with tarfile.open(shard_dir / entry["name"]) as tar:
+    for entry in m.shards:
+        with tarfile.open(shard_dir / entry.name) as tar:
             metas = [json.loads(tar.extractfile(x).read()) for x in tar.getmembers() if x.name.endswith(".json")]
-        assert len(metas) == entry["pieces"]
+        assert len(metas) == entry.pieces
         for k, meta in enumerate(metas):
-            out.append({**meta, "split": entry["split"], "manifest_style": entry["piece_styles"][k],
-                        "style_name": m["styles"][meta["style_id"]]})
+            out.append({**meta, "split": entry.split, "manifest_style": entry.piece_styles[k],
+                        "style_name": m.styles.styles[meta["style_id"]]})
     return out
 
 
@@ -75,13 +76,14 @@ def test_merged_slices_hold_the_whole_run_with_remapped_style_ids(corpus, tmp_pa
     work, out = tmp_path / "work", tmp_path / "merged"
     for i in range(3):
         assert run_slice(str(midi), work, index=i, count=3, list_file=None, preprocess_args=PRE) == 0
-    vocab = [read_manifest(work / f"slice-000{i}" / "shards")["styles"] for i in range(3)]
+    vocab = [read_manifest(work / f"slice-000{i}" / "shards").styles.styles for i in range(3)]
     assert vocab[0] != vocab[1]  # the slices number their styles differently
     m = merge(work, out)
     ref = read_manifest(whole)
-    assert m["styles"] == ref["styles"] and m["levels"] == ref["levels"] and m["level_names"] == ref["level_names"]
-    assert [e["name"] for e in m["shards"]] == ["train-000000.tar", "train-000001.tar", "train-000002.tar",
-                                               "val-000000.tar", "val-000001.tar", "val-000002.tar"]
+    assert m.styles == ref.styles  # leaves, levels and level names
+    assert read_manifest(out) == m  # what merge returns is what it wrote
+    assert [e.name for e in m.shards] == ["train-000000.tar", "train-000001.tar", "train-000002.tar",
+                                          "val-000000.tar", "val-000001.tar", "val-000002.tar"]
     got, want = samples(out), samples(whole)
     # every sample's json agrees with the merged manifest, and names the style it was written with
     assert all(s["style_id"] == s["manifest_style"] and s["style_name"] == s["style"] for s in got)
@@ -92,9 +94,9 @@ def test_merged_slices_hold_the_whole_run_with_remapped_style_ids(corpus, tmp_pa
     assert {s["source"] for s in want if s["split"] == "val"} <= {s["source"] for s in got if s["split"] == "val"}
     assert len(moved) <= 3
     for split in ("train", "val"):
-        assert m["totals"][split]["pieces"] == sum(1 for s in got if s["split"] == split)
-    assert m["totals"]["files_seen"] == ref["totals"]["files_seen"] == 19
-    assert m["settings"] == ref["settings"]  # input is the original folder, not a slice's
+        assert m.totals[split]["pieces"] == sum(1 for s in got if s["split"] == split)
+    assert m.totals["files_seen"] == ref.totals["files_seen"] == 19
+    assert m.settings == ref.settings  # input is the original folder, not a slice's
     report = json.loads((out / "report.json").read_text())
     assert report["merged"]["shards_rewritten_for_style_ids"] >= 2 and len(report["merged"]["slices"]) == 3
     assert report["pieces_per_style"] == json.loads((whole / "report.json").read_text())["pieces_per_style"]
@@ -108,7 +110,7 @@ def test_merged_slices_hold_the_whole_run_with_remapped_style_ids(corpus, tmp_pa
 def test_identity_rewrite_reproduces_the_shard_bytes(corpus, tmp_path):
     _, whole = corpus
     src = whole / "train-000000.tar"
-    n = len(read_manifest(whole)["styles"])
+    n = read_manifest(whole).styles.num_styles
     rewrite_style_ids(src, tmp_path / "same.tar", list(range(n)))
     assert sha256_file(tmp_path / "same.tar") == sha256_file(src)
     rewrite_style_ids(src, tmp_path / "shifted.tar", [k + 1 for k in range(n)])
@@ -154,10 +156,10 @@ def test_csv_slices_keep_official_splits_and_count_every_row(tmp_path):
     m = merge(work, tmp_path / "out")
     assert preprocess.main([str(csv_path), str(tmp_path / "whole"), "--workers", "1"]) == 0
     ref = read_manifest(tmp_path / "whole")
-    assert m["styles"] == ref["styles"]
+    assert m.styles.styles == ref.styles.styles
     for split in ("train", "val", "test"):
-        assert m["totals"][split]["pieces"] == ref["totals"][split]["pieces"]
-    assert m["totals"]["files_seen"] == ref["totals"]["files_seen"] == len(rows)
+        assert m.totals[split]["pieces"] == ref.totals[split]["pieces"]
+    assert m.totals["files_seen"] == ref.totals["files_seen"] == len(rows)
     report = json.loads((tmp_path / "out" / "report.json").read_text())
     assert report["counts"] == {"missing": len(rows) - len(picks)} and report["source"] == "maestro"
 
@@ -303,7 +305,7 @@ def test_preprocess_array_job_and_its_merge_step(slurm, corpus, tmp_path):
     assert len(tasks) == 3 and all(t["JobState"] == "COMPLETED" for t in tasks)
     assert "merged into" in merge_log.read_text()
     got, want = samples(out), samples(whole)
-    assert read_manifest(out)["styles"] == read_manifest(whole)["styles"]
+    assert read_manifest(out).styles.styles == read_manifest(whole).styles.styles
     assert all(s["style_id"] == s["manifest_style"] and s["style_name"] == s["style"] for s in got)
     assert sorted(s["source"] for s in got) == sorted(s["source"] for s in want)
     assert one_epoch(out) > 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import socket
 from pathlib import Path
 
@@ -189,8 +190,8 @@ def test_lstm_compute_dtype_probe_on_cpu():
 
     model = DeepJ(TINY)
     cpu = torch.device("cpu")
-    assert lstm_compute_dtypes(model, cpu, "fp32", TINY.num_styles, TINY.num_notes) == {torch.float32}
-    assert lstm_compute_dtypes(model, cpu, "bf16", TINY.num_styles, TINY.num_notes) == {torch.bfloat16}
+    assert lstm_compute_dtypes(model, cpu, "fp32") == {torch.float32}
+    assert lstm_compute_dtypes(model, cpu, "bf16") == {torch.bfloat16}
     assert model.training  # the probe restores the mode
 
 
@@ -202,5 +203,84 @@ def test_lstm_compute_dtype_probe_on_cuda():
 
     model = DeepJ(TINY).cuda()
     dev = torch.device("cuda")
-    assert lstm_compute_dtypes(model, dev, "fp16", TINY.num_styles, TINY.num_notes) == {torch.float16}
-    assert lstm_compute_dtypes(model, dev, "bf16", TINY.num_styles, TINY.num_notes) <= {torch.float16, torch.bfloat16}
+    assert lstm_compute_dtypes(model, dev, "fp16") == {torch.float16}
+    assert lstm_compute_dtypes(model, dev, "bf16") <= {torch.float16, torch.bfloat16}
+
+
+def test_play_only_run_trains_and_checkpoints(tiny_shards, tmp_path):
+    """model.play_only=true through the real entry: the loss has the play term only, and the loop logs what it has
+    (it used to read replay and volume and die with a KeyError at the first step)."""
+    run = tmp_path / "run"
+    res = run_cli("-m", "deepj.train", "--config", "configs/debug.toml", f"data.dir={tiny_shards}", f"run.dir={run}",
+                  "model.play_only=true", "train.max_steps=4", "checkpoint.every=2", "log.every=2", "train.val_every=2",
+                  "log.sample_every=2")
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    assert (run / "step-00000004" / "COMPLETE").is_file()
+    tags = set(read_tb(run).Tags()["scalars"])
+    assert {"train/loss", "train/play", "val/loss", "val/play"} <= tags and "train/replay" not in tags
+    meta = json.loads((run / "step-00000004" / "meta.json").read_text())
+    assert meta["model"]["play_only"] is True and meta["step"] == 4
+
+
+def test_meta_json_says_what_a_checkpoint_holds_without_torch(trained_run):
+    """meta.json is plain JSON beside the tensors: model config, styles, pitch range, corpus, step, world size."""
+    ckpt = trained_run / "step-00000004"
+    meta = json.loads((ckpt / "meta.json").read_text())
+    assert meta["kind"] == "train" and meta["step"] == 4 and meta["world_size"] == 1
+    assert meta["styles"] == ["baroque/bach", "baroque/handel", "classical/mozart"]
+    assert meta["representation"] == {"min_pitch": 36, "max_pitch": 84} and meta["model"]["num_notes"] == 48
+    assert meta["config"]["data"]["seq_len"] == 32 and len(meta["manifest_hash"]) == 16
+    assert "meta.json" in json.loads((ckpt / "COMPLETE").read_text())["files"]
+
+
+def test_checkpoint_written_before_meta_json_still_loads(trained_run, tmp_path):
+    """A checkpoint from before meta.json (the metadata inside train.pt) loads through load_model and generates."""
+    import shutil
+
+    from deepj import checkpoint
+
+    old = tmp_path / "run" / "step-00000004"
+    shutil.copytree(trained_run / "step-00000004", old)
+    meta = json.loads((old / "meta.json").read_text())
+    shared = torch.load(old / "train.pt", weights_only=True)
+    shared.update(config=meta["config"], step=4, world_size=1, manifest_hash=meta["manifest_hash"],
+                  styles=meta["styles"], levels=meta["levels"], representation=meta["representation"])
+    torch.save(shared, old / "train.pt")
+    (old / "meta.json").unlink()
+    files = {p.name: p.stat().st_size for p in old.iterdir() if p.name != "COMPLETE"}
+    (old / "COMPLETE").write_text(json.dumps({"step": 4, "world_size": 1, "files": files}))
+    model, got, _ = checkpoint.load_model(old)
+    assert got.step == 4 and got.styles.styles == tuple(meta["styles"]) and got.model.num_notes == 48
+    res = run_cli("-m", "deepj.generate", str(old), "--style", "baroque", "--bars", "1", "--out", str(tmp_path / "g"))
+    assert res.returncode == 0, res.stderr
+
+
+@pytest.mark.parametrize("key", ["model.num_notes=88", "model.num_styles=5"])
+def test_model_sizes_that_disagree_with_the_data_are_refused(tiny_shards, tmp_path, key):
+    res = run_cli("-m", "deepj.train", "--config", "configs/debug.toml", f"data.dir={tiny_shards}",
+                  f"run.dir={tmp_path}", key, "train.max_steps=1")
+    assert res.returncode == 2
+    assert key.split("=")[0] in res.stdout and "manifest.json" in res.stdout
+
+
+@pytest.mark.parametrize("key", ["log.every=0", "checkpoint.keep=0", "optim.lr=inf", "train.micro_batch=0",
+                                 "data.seq_len=0"])
+def test_invalid_values_are_refused_naming_the_key(tiny_shards, tmp_path, key):
+    res = run_cli("-m", "deepj.train", "--config", "configs/debug.toml", f"data.dir={tiny_shards}",
+                  f"run.dir={tmp_path}", key)
+    assert res.returncode == 2
+    assert key.split("=")[0] in res.stderr, res.stderr
+
+
+def test_resume_accepts_a_dropout_change_and_refuses_another_shape(trained_run, tiny_shards, tmp_path):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    common = ("--config", "configs/debug.toml", f"data.dir={tiny_shards}", f"run.dir={run}", "log.sample_every=0",
+              "train.val_every=0")
+    res = run_cli("-m", "deepj.train", *common, "model.time_hidden=24", "train.max_steps=5")
+    assert res.returncode == 2 and "model.time_hidden: 32 -> 24" in res.stdout, res.stdout[-2000:]
+    res = run_cli("-m", "deepj.train", *common, "model.dropout=0.1", "train.max_steps=5")
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
+    assert "resume: model.dropout changed: 0.5 -> 0.1" in res.stdout and "at step 4" in res.stdout

@@ -1,7 +1,11 @@
 """BL2012: DeepJ in play-only mode on the polyphonic-music benchmarks of Boulanger-Lewandowski, Bengio & Vincent (2012).
 
     python -m deepj.bench bl2012 --dataset jsb --mat /work/shared/data/bl2012/JSB_Chorales.mat \
-        --config configs/bl2012_jsb.toml [key=value ...]
+        --config configs/bl2012/jsb.toml [key=value ...]
+    python -m deepj.bench bl2012 --dataset piano-midi --mat /work/shared/data/bl2012/Piano_midi.mat \
+        --config configs/bl2012/piano.toml [key=value ...]
+
+Configs: `BL2012Config` below is the schema of configs/bl2012/*.toml (tests/test_bl2012.py loads every file there).
 
 Data: a .mat file with keys traindata / validdata / testdata, each a 1xK object array of (frames, 88) 0/1 piano rolls,
 column 0 = MIDI 21 (A0). Read as is; nothing is copied. There is no velocity and no held/re-struck distinction, so the
@@ -22,8 +26,9 @@ Training: random crops of `train.seq_len` frames (0 = whole pieces), each piece 
 epoch, bucketed by length to limit padding (padded frames are masked out of the loss; padding sits after the real
 frames, so the causal time axis never sees it); transposition by k semitones, |k| <= train.transpose, drawn within the
 keys the crop leaves free (nothing leaves the 88 keys). The loss is the masked mean BCE per note-step (nats per frame
-/ 88). After each epoch the whole validation pieces are scored; the best model is checkpointed into `run_dir`
-(weights_only-loadable, the same layout as deepj.train's, so `deepj.generate.load_for_inference` reads it);
+/ 88). After each epoch the whole validation pieces are scored; the best model is checkpointed into `run_dir` by
+`deepj.checkpoint.save` (kind "bl2012" in its meta.json: the model config, the single style `bl2012/<dataset>`, the 88
+piano keys, the .mat file's checksum, the resolved config), so `deepj.checkpoint.load_model` reads it;
 training stops after `train.patience` epochs without improvement, at `train.max_epochs`, or after
 `train.max_minutes`. The play head's bias starts at the logit of the training key density (not 0, i.e. p = 1/2),
 which saves the first epochs from learning sparsity alone. The best model is then scored on the test pieces. The last
@@ -39,7 +44,6 @@ import hashlib
 import json
 import math
 import os
-import platform
 import sys
 import time
 from dataclasses import dataclass, field
@@ -50,11 +54,15 @@ import scipy.io
 import torch
 import torch.nn.functional as F
 
-from deepj import checkpoint, config
+from deepj import __version__, checkpoint, config
+from deepj.bench._machine import cpu_name
+from deepj.checkpoint import CheckpointMeta
 from deepj.config import ConfigError
 from deepj.constants import NUM_CHANNELS, PIANO_MAX_PITCH, PIANO_MIN_PITCH, PLAY, STEPS_PER_BAR
 from deepj.model import DeepJ, ModelConfig
 from deepj.optim import OptimConfig, build_optimizer, build_scheduler
+from deepj.representation import ReprConfig
+from deepj.styles import StyleTree
 
 NUM_KEYS = PIANO_MAX_PITCH - PIANO_MIN_PITCH  # 88: column 0 = MIDI 21 (A0), column 87 = MIDI 108 (C8)
 SPLIT_KEYS = {"train": "traindata", "valid": "validdata", "test": "testdata"}
@@ -245,34 +253,24 @@ class BL2012Config:
 
 # ---------------------------------------------------------------------------------------------------- run
 def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
     gpu = f", {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""
-    return f"{cpu}, {os.cpu_count()} cores{gpu}; torch {torch.__version__}, {torch.get_num_threads()} threads"
+    return f"{cpu_name()}, {os.cpu_count()} cores{gpu}; torch {torch.__version__}, {torch.get_num_threads()} threads"
 
 
 def file_hash(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
 
 
-def save_best(run_dir: Path, step: int, model: DeepJ, cfg: BL2012Config, dataset: str, mat_hash: str,
-              extra: dict) -> Path:
-    """The best model as a complete deepj checkpoint (weights_only-loadable; keeps only the newest)."""
-    shared = {
-        "engine": {"model": model.state_dict()}, "step": step, "world_size": 1, "manifest_hash": mat_hash,
-        "config": {"model": dataclasses.asdict(cfg.model), "bl2012": config.to_dict(cfg)},
-        "styles": [f"bl2012/{dataset}"], "levels": {"bl2012": [0], dataset: [0], f"bl2012/{dataset}": [0]},
-        "representation": {"min_pitch": PIANO_MIN_PITCH, "max_pitch": PIANO_MAX_PITCH,
-                           "grid": f"BL2012 {dataset} frames"},
-        **extra,
-    }
-    return checkpoint.save(run_dir, step, shared, {"rng": checkpoint.rng_state()}, keep=1)
+def save_best(run_dir: Path, step: int, model: DeepJ, cfg: BL2012Config, dataset: str, mat_hash: str) -> Path:
+    """The best model as a complete deepj checkpoint (weights_only-loadable; keeps only the newest), described by a
+    `CheckpointMeta` of kind "bl2012": one style, `bl2012/<dataset>`; the 88 piano keys; the .mat file's checksum as
+    the corpus identity; the resolved config."""
+    meta = CheckpointMeta(step=step, world_size=1, kind="bl2012", backend="none", model=cfg.model,
+                          styles=StyleTree.from_leaves([f"bl2012/{dataset}"]),
+                          representation=ReprConfig(PIANO_MIN_PITCH, PIANO_MAX_PITCH), manifest_hash=mat_hash,
+                          config=config.to_dict(cfg), tool=f"deepj {__version__}")
+    return checkpoint.save(run_dir, step, shared={"engine": {"model": model.state_dict()}},
+                           rank_state={"rng": checkpoint.rng_state()}, keep=1, meta=meta)
 
 
 def run(dataset: str, mat: Path, cfg: BL2012Config, command: str = "") -> dict:
@@ -340,7 +338,7 @@ def run(dataset: str, mat: Path, cfg: BL2012Config, command: str = "") -> dict:
         if valid < best:
             best, best_epoch, bad, mark = valid, epoch, 0, " *"
             best_state = copy.deepcopy(model.state_dict())
-            ckpt = save_best(run_dir, step, model, cfg, dataset, mat_hash, {"epoch": epoch, "valid_nll": valid})
+            ckpt = save_best(run_dir, step, model, cfg, dataset, mat_hash)
         else:
             bad += 1
             if cfg.train.lr_decay < 1.0 and bad % cfg.train.decay_patience == 0:
@@ -376,7 +374,7 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(prog="python -m deepj.bench bl2012", description=__doc__.splitlines()[0])
     p.add_argument("--dataset", required=True, choices=sorted(DATASETS), help="which benchmark (names the run)")
     p.add_argument("--mat", required=True, help=f"its .mat file ({', '.join(DATASETS.values())})")
-    p.add_argument("--config", help="TOML file, e.g. configs/bl2012_jsb.toml")
+    p.add_argument("--config", help="TOML file, e.g. configs/bl2012/jsb.toml")
     p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. train.max_epochs=5 model.dropout=0.3")
     return p.parse_args(argv)
 

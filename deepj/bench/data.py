@@ -183,10 +183,10 @@ def measure_preprocess(midi_dir: Path, out_root: Path, shard_size_mb: float, min
             manifest = preprocess(str(midi_dir), out, settings, workers=workers, force=True, progress=False)
             best = min(best, time.perf_counter() - t0)
         wall[str(workers)] = best
-    files = manifest["totals"]["files_seen"]
+    files = manifest.totals["files_seen"]
     par = str(max(worker_counts))
     return {"preprocess_wall_s": wall, "preprocess_files": files,
-            "preprocess_files_skipped": manifest["totals"]["files_skipped"],
+            "preprocess_files_skipped": manifest.totals["files_skipped"],
             "preprocess_files_per_s": {k: files / v for k, v in wall.items()},
             "parallel_wall_s": wall[par], "parallel_workers": int(par)}, out_root / f"shards-w{par}"
 
@@ -195,33 +195,33 @@ def measure_preprocess(midi_dir: Path, out_root: Path, shard_size_mb: float, min
 
 def measure_sizes(shard_dir: Path) -> dict[str, Any]:
     """Bytes of the shard files (all splits) vs dense float32 rolls of the same pieces."""
-    from deepj.shards import read_manifest
+    from deepj.manifest import read_manifest
 
     manifest = read_manifest(shard_dir)
-    rep = manifest["representation"]
-    n = rep["max_pitch"] - rep["min_pitch"]
-    shard_bytes = sum((shard_dir / s["name"]).stat().st_size for s in manifest["shards"])
-    steps = sum(t for s in manifest["shards"] for t in s["piece_steps"])
+    n = manifest.representation.num_notes
+    shard_bytes = sum((shard_dir / s.name).stat().st_size for s in manifest.shards)
+    steps = sum(t for s in manifest.shards for t in s.piece_steps)
     dense = steps * n * NUM_CHANNELS * ROLL_ITEM_BYTES  # (T, N, 3) float32 per piece, summed
     return {"shard_bytes": shard_bytes, "dense_bytes": dense, "compression_ratio": dense / shard_bytes,
-            "pieces": sum(s["pieces"] for s in manifest["shards"]), "steps": steps,
-            "notes": sum(s["notes"] for s in manifest["shards"]), "shards": len(manifest["shards"])}
+            "pieces": sum(s.pieces for s in manifest.shards), "steps": steps,
+            "notes": sum(s.notes for s in manifest.shards), "shards": len(manifest.shards)}
 
 
 def replicate_shards(src: Path, dst: Path, times: int, split: str = "train") -> Path:
     """A shard folder holding `times` copies of src's `split` shards under new names, with a manifest listing them."""
-    from deepj.shards import MANIFEST, read_manifest
+    from deepj.manifest import read_manifest
 
     manifest = read_manifest(src)
     dst.mkdir(parents=True, exist_ok=True)
     entries = []
-    for entry in [e for e in manifest["shards"] if e["split"] == split] * times:
+    for entry in manifest.split(split) * times:
         name = f"{split}-{len(entries):06d}.tar"
-        shutil.copyfile(src / entry["name"], dst / name)  # same bytes, so the same sha256
-        entries.append({**entry, "name": name})
-    totals = {split: {k: sum(e[k] for e in entries) for k in ("pieces", "steps", "notes", "bytes")}}
-    totals[split]["shards"] = len(entries)
-    (dst / MANIFEST).write_text(json.dumps({**manifest, "shards": entries, "totals": totals}, indent=1))
+        shutil.copyfile(src / entry.name, dst / name)  # same bytes, so the same sha256
+        entries.append(dataclasses.replace(entry, name=name))
+    totals = {split: {"pieces": sum(e.pieces for e in entries), "steps": sum(e.steps for e in entries),
+                      "notes": sum(e.notes for e in entries), "bytes": sum(e.bytes for e in entries),
+                      "shards": len(entries)}}
+    dataclasses.replace(manifest, dir=dst, shards=tuple(entries), totals=totals).write()
     return dst
 
 

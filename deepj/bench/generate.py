@@ -48,12 +48,13 @@ import torch
 
 from deepj import checkpoint, config
 from deepj.bench._machine import machine
+from deepj.checkpoint import load_model
 from deepj.constants import STEPS_PER_BAR, STEPS_PER_BEAT
-from deepj.generate import load_for_inference
+from deepj.manifest import Manifest
 from deepj.midi_io import write_midi
 from deepj.model import DeepJ
 from deepj.sampling import SampleConfig, generate
-from deepj.shards import ShardError, read_manifest
+from deepj.shards import ShardError
 from deepj.train_config import TrainConfig
 
 MIDI_BPM = inspect.signature(write_midi).parameters["bpm"].default  # 120: the tempo deepj writes MIDI at
@@ -106,13 +107,12 @@ def parse_args(argv=None):
 def build_model(args, device: torch.device) -> tuple[DeepJ, dict[str, Any]]:
     """The model to time and what it is, for the JSON."""
     if args.run:
-        model, shared, ckpt = load_for_inference(args.run, device)
-        return model, {"run": str(ckpt), "step": shared["step"]}
+        model, meta, ckpt = load_model(args.run, device)
+        return model, {"run": str(ckpt), "step": meta.step}
     cfg = config.load(TrainConfig, args.config, args.overrides)
     try:
-        manifest = read_manifest(cfg.data.dir)
-        rep = manifest["representation"]
-        num_notes, num_styles = rep["max_pitch"] - rep["min_pitch"], len(manifest["styles"])
+        manifest = Manifest.load(cfg.data.dir)
+        num_notes, num_styles = manifest.num_notes, manifest.styles.num_styles
     except ShardError:
         num_notes, num_styles = 48, 14
     torch.manual_seed(args.seed)

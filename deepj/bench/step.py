@@ -6,9 +6,10 @@
 One forward + backward of the real model and loss on one micro-batch (`train.micro_batch` windows of `data.seq_len`
 steps x N notes, random notes: an LSTM's cost does not depend on the values), timed `--steps` times after one warm-up
 pass; the median gives windows/s for each (precision, dropout) pair. `--dropout torch` swaps the model's CPU dropout
-(`deepj.model.dropout`, masks from 16-bit random integers) for `F.dropout` to show what it saves. The model's sizes
-come from the config (N from the pitch range of `data.dir`'s manifest where it exists, else 48; S = 14). One
-thread by default: `make demo` runs 2 ranks of one thread each on 2 cores. The last line printed is one JSON object.
+(`deepj.model.dropout`, masks from 16-bit random integers) for `F.dropout` (`DeepJ.cpu_dropout = False` on the timed
+model) to show what it saves. The model's sizes come from the config (N from the pitch range of `data.dir`'s manifest
+where it exists, else 48; S = 14). One thread by default: `make demo` runs 2 ranks of one thread each on 2 cores.
+The last line printed is one JSON object.
 """
 
 from __future__ import annotations
@@ -22,13 +23,12 @@ import time
 from contextlib import nullcontext
 
 import torch
-import torch.nn.functional as F
 
-import deepj.model
 from deepj import config
 from deepj.loss import deepj_loss
+from deepj.manifest import Manifest
 from deepj.model import DeepJ
-from deepj.shards import ShardError, read_manifest
+from deepj.shards import ShardError
 from deepj.train_config import TrainConfig
 
 
@@ -47,9 +47,8 @@ def parse_args(argv=None):
 def time_setting(model: DeepJ, batch: dict, precision: str, kind: str, steps: int, device: torch.device) -> float:
     """Median seconds of one forward + backward."""
     dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
-    saved = deepj.model.dropout
-    if kind == "torch":
-        deepj.model.dropout = lambda x, p, training: F.dropout(x, p, training)
+    saved = model.cpu_dropout
+    model.cpu_dropout = kind != "torch"
     try:
         times = []
         for i in range(steps + 1):
@@ -68,7 +67,7 @@ def time_setting(model: DeepJ, batch: dict, precision: str, kind: str, steps: in
                 times.append(time.perf_counter() - t0)
         return statistics.median(times)
     finally:
-        deepj.model.dropout = saved
+        model.cpu_dropout = saved
 
 
 def main(argv=None) -> int:
@@ -77,8 +76,7 @@ def main(argv=None) -> int:
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     try:
-        rep = read_manifest(cfg.data.dir)["representation"]
-        num_notes = rep["max_pitch"] - rep["min_pitch"]
+        num_notes = Manifest.load(cfg.data.dir).num_notes
     except ShardError:
         num_notes = 48
     mcfg = dataclasses.replace(cfg.model, num_notes=num_notes, num_styles=14)

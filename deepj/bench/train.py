@@ -372,7 +372,7 @@ def main(argv=None) -> int:
         if precision == "fp16" and not cuda:
             continue
         probe = DeepJ(cfg.model).to(device)
-        dtypes = lstm_compute_dtypes(probe, device, precision, cfg.model.num_styles, n)
+        dtypes = lstm_compute_dtypes(probe, device, precision)
         del probe
         lstm_dtypes[precision] = sorted(str(d).removeprefix("torch.") for d in dtypes)
         peak_name = lstm_peak_name(precision, dtypes)

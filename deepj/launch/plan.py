@@ -14,9 +14,12 @@ import os
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from deepj.constants import NUM_CHANNELS
+
+if TYPE_CHECKING:
+    from deepj.manifest import Manifest
 
 GIB = 2**30
 CUDA_CONTEXT_BYTES = 512 * 2**20  # CUDA context + cuDNN/cuBLAS handles: outside torch's allocator, ~0.3-0.6 GiB
@@ -94,19 +97,19 @@ def gpu_memory(m, params: int, *, micro_batch: int, seq_len: int, precision: str
 
 # ---------------------------------------------------------------------------------------------------- data
 
-def windows_per_piece(steps: list[int], seq_len: int, stride: int) -> list[int]:
-    """The loader's windowing (deepj/data.py): max(1, (T - seq_len) // stride + 1) windows per piece of T steps."""
-    return [max(1, (t - seq_len) // stride + 1) for t in steps]
+def split_summary(manifest: Manifest, split: str, seq_len: int, stride: int) -> dict[str, int]:
+    """Shards, pieces, windows (the loader's windowing, deepj.manifest.windows_per_piece), bytes and notes of a split;
+    all zero for a split with no shards."""
+    from deepj.manifest import windows_per_piece
+
+    shards = [s for s in manifest.shards if s.split == split]
+    steps = [t for s in shards for t in s.piece_steps]
+    return {"shards": len(shards), "pieces": len(steps),
+            "windows": int(windows_per_piece(steps, seq_len, stride).sum()),
+            "bytes": sum(s.bytes for s in shards), "notes": sum(s.notes for s in shards)}
 
 
-def split_summary(manifest: dict[str, Any], split: str, seq_len: int, stride: int) -> dict[str, int]:
-    shards = [s for s in manifest["shards"] if s["split"] == split]
-    steps = [t for s in shards for t in s["piece_steps"]]
-    return {"shards": len(shards), "pieces": len(steps), "windows": sum(windows_per_piece(steps, seq_len, stride)),
-            "bytes": sum(s["bytes"] for s in shards), "notes": sum(s["notes"] for s in shards)}
-
-
-def loader_worker_memory(manifest: dict[str, Any] | None, data_cfg, micro_batch: int, num_notes: int,
+def loader_worker_memory(manifest: Manifest | None, data_cfg, micro_batch: int, num_notes: int,
                          num_styles: int) -> dict[str, int]:
     """Host bytes one loader worker holds (data.workers = 0: the trainer process holds the same).
 
@@ -121,9 +124,9 @@ def loader_worker_memory(manifest: dict[str, Any] | None, data_cfg, micro_batch:
     batch = b * (length + 1) * num_notes * 3 * 4 + b * length * 8 + b * num_styles * 4 + b * 3 * 8
     blocks = 0
     if manifest is not None:
-        train = sorted((s for s in manifest["shards"] if s["split"] == "train"), key=lambda s: -s["bytes"])
+        train = sorted((s for s in manifest.shards if s.split == "train"), key=lambda s: -s.bytes)
         top = train[: 2 * data_cfg.shuffle_block]
-        blocks = sum(s["bytes"] + NOTE_HOST_BYTES * s["notes"] for s in top)
+        blocks = sum(s.bytes + NOTE_HOST_BYTES * s.notes for s in top)
     return {"blocks": blocks, "batches": PREFETCH_FACTOR * batch, "total": blocks + PREFETCH_FACTOR * batch}
 
 
@@ -184,8 +187,11 @@ def _gpu_memory_here() -> int | None:
 def make_plan(cfg, *, nodes: int = 1, gpus_per_node: int = 1, gpu_memory_bytes: int | None = None,
               probe_disk: bool = True) -> dict[str, Any]:
     """Everything `plan` prints, as a dict (also `plan --json`). `cfg` is a resolved TrainConfig."""
+    from deepj.config import ConfigError
+    from deepj.data import accumulation_steps
+    from deepj.manifest import read_manifest
     from deepj.model import DeepJ
-    from deepj.shards import ShardError, read_manifest
+    from deepj.shards import ShardError
 
     world = nodes * gpus_per_node
     warnings: list[str] = []
@@ -201,8 +207,7 @@ def make_plan(cfg, *, nodes: int = 1, gpus_per_node: int = 1, gpu_memory_bytes: 
         warnings.append(f"data.dir={cfg.data.dir} has no manifest.json: sizes use model.num_notes={m.num_notes} and "
                         f"model.num_styles={m.num_styles}, and nothing about the data is checked (preprocess first)")
     if manifest is not None:
-        rep = manifest["representation"]
-        m = dataclasses.replace(m, num_notes=rep["max_pitch"] - rep["min_pitch"], num_styles=len(manifest["styles"]))
+        m = dataclasses.replace(m, num_notes=manifest.num_notes, num_styles=manifest.styles.num_styles)
     model = DeepJ(m)
     params = sum(p.numel() for p in model.parameters())
     tcfg = cfg.train
@@ -218,14 +223,14 @@ def make_plan(cfg, *, nodes: int = 1, gpus_per_node: int = 1, gpu_memory_bytes: 
                      backend=tcfg.backend, zero_stage=zero if zero is not None else 1, world=world)
 
     # batch arithmetic: global = micro x accumulation x world (deepj/train.py refuses anything else)
-    per_step = tcfg.micro_batch * world
-    accumulation = tcfg.global_batch // per_step if tcfg.global_batch % per_step == 0 else None
-    if accumulation is None:
+    try:
+        accumulation: int | None = accumulation_steps(tcfg.global_batch, tcfg.micro_batch, world)
+    except ConfigError as e:
+        accumulation = None
         fits = [b for b in range(1, tcfg.global_batch + 1) if tcfg.global_batch % (b * world) == 0]
         hint = (f"e.g. train.micro_batch={max(fits)}" if fits else
                 f"train.global_batch must be a multiple of the world size {world}")
-        errors.append(f"train.global_batch={tcfg.global_batch} is not a multiple of train.micro_batch="
-                        f"{tcfg.micro_batch} x world {world} = {per_step}: deepj.train will refuse to start ({hint})")
+        errors.append(f"{e}; deepj.train will refuse to start ({hint})")
 
     data: dict[str, Any] = {}
     if manifest is not None:
