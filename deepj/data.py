@@ -47,9 +47,9 @@ from webdataset.tariterators import group_by_keys, tar_file_expander
 
 from deepj.config import ConfigError
 from deepj.constants import STEPS_PER_BAR
-from deepj.manifest import Manifest, ShardEntry, windows_per_piece
+from deepj.manifest import Manifest, ShardEntry, ShardError, windows_per_piece
 from deepj.representation import ReprConfig, notes_to_roll, replay_flags
-from deepj.shards import META_KEY, NOTES_KEY, ShardError, decode_notes
+from deepj.shards import META_KEY, NOTES_KEY, decode_notes
 
 STATE_VERSION = 1
 

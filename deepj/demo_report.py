@@ -11,8 +11,8 @@ from pathlib import Path
 
 from deepj import generate
 from deepj.checkpoint import CheckpointMeta, resolve
-from deepj.styles import slug
 from deepj.render import audio_available
+from deepj.styles import slug
 
 
 def main(argv=None) -> int:

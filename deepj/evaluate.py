@@ -44,8 +44,7 @@ from deepj import checkpoint
 from deepj.checkpoint import CheckpointMeta, load_model
 from deepj.constants import PLAY, REPLAY, STEPS_PER_BAR, VOLUME
 from deepj.data import DataConfig, validation_batches
-from deepj.manifest import Manifest
-from deepj.shards import ShardError
+from deepj.manifest import Manifest, ShardError
 
 DEFAULT_SEQ_LEN = 128
 

@@ -46,13 +46,20 @@ from deepj.config import ConfigError
 from deepj.constants import PLAY, STEPS_PER_BAR
 from deepj.data import DataConfig, StreamingLoader
 from deepj.evaluate import EvalError, check_compatible, run_seq_len
-from deepj.fidelity_features import (NUM_FEATURES, FidelityError, StyleClassifier, accuracy_block, level_labels,
-                                     one_thread, shift_corrected, window_features)
-from deepj.manifest import Manifest
+from deepj.fidelity_features import (
+    NUM_FEATURES,
+    FidelityError,
+    StyleClassifier,
+    accuracy_block,
+    level_labels,
+    one_thread,
+    shift_corrected,
+    window_features,
+)
+from deepj.manifest import Manifest, ShardError
 from deepj.model import DeepJ
 from deepj.representation import ReprConfig, roll_to_notes
 from deepj.sampling import MODES, SampleConfig
-from deepj.shards import ShardError
 from deepj.styles import StyleError, StyleTree
 
 LEVELS = ("period", "composer")

@@ -14,7 +14,6 @@ import torch
 
 from deepj.checkpoint import CheckpointError, load_model
 from deepj.constants import STEPS_PER_BAR
-
 from deepj.midi_io import write_midi
 from deepj.render import audio_available, render_wav, save_png
 from deepj.representation import roll_to_notes

@@ -12,10 +12,8 @@ from __future__ import annotations
 import argparse
 import html
 import json
-import re
 import sys
 from pathlib import Path
-from typing import Iterable
 
 import numpy as np
 

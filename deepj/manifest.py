@@ -18,10 +18,16 @@ import numpy as np
 
 from deepj.constants import STEPS_PER_BEAT
 from deepj.representation import ReprConfig
-from deepj.shards import FORMAT_VERSION, MANIFEST, ShardError
 from deepj.styles import StyleTree
 
+MANIFEST = "manifest.json"
+FORMAT_VERSION = 1
 GRID = "beat-relative 16th notes"
+
+
+
+class ShardError(Exception):
+    """A shard or manifest that cannot be read; the message names the file."""
 
 
 @dataclass(frozen=True)
@@ -166,7 +172,3 @@ class Manifest:
         tmp.write_text(json.dumps(self.to_json(), indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
         tmp.replace(self.path)
         return self.path
-
-
-def read_manifest(shard_dir: str | Path) -> Manifest:
-    return Manifest.load(shard_dir)

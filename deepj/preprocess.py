@@ -32,10 +32,10 @@ import numpy as np
 from deepj import __version__
 from deepj.constants import DEFAULT_MAX_PITCH, DEFAULT_MIN_PITCH
 from deepj.corpus import SPLITS, Corpus, CorpusError, open_corpus
-from deepj.manifest import Manifest, ShardEntry
+from deepj.manifest import MANIFEST, Manifest, ShardEntry
 from deepj.midi_io import MidiError, read_midi
 from deepj.representation import ReprConfig, num_steps
-from deepj.shards import MANIFEST, REPORT, SplitWriter, decode_notes, encode_notes
+from deepj.shards import REPORT, SplitWriter, decode_notes, encode_notes
 from deepj.styles import StyleTree
 
 SHARD_NAME = re.compile(r"^(train|val|test)-\d{6}\.tar(\.tmp)?$")  # ours, finished or left by a killed run

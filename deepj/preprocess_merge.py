@@ -39,8 +39,8 @@ from pathlib import Path
 from typing import Any
 
 from deepj import __version__
-from deepj.manifest import Manifest, ShardEntry, read_manifest
-from deepj.shards import MANIFEST, META_KEY, NOTES_KEY, REPORT, ShardError, sha256_file
+from deepj.manifest import MANIFEST, Manifest, ShardEntry, ShardError
+from deepj.shards import META_KEY, NOTES_KEY, REPORT, sha256_file
 from deepj.styles import StyleTree
 
 DONE = "DONE"
@@ -159,7 +159,7 @@ def _load_slices(work: Path) -> list[dict[str, Any]]:
         if not (d / DONE).is_file():
             raise MergeError(f"{d} has no {DONE}: its slice task did not finish (see its log), so nothing is merged")
         done = json.loads((d / DONE).read_text())
-        manifest = read_manifest(d / "shards") if (d / "shards" / MANIFEST).is_file() else None
+        manifest = Manifest.load(d / "shards") if (d / "shards" / MANIFEST).is_file() else None
         if manifest is None and done["preprocess_exit"] == 0:
             raise MergeError(f"{d}/shards/{MANIFEST} is missing although preprocess succeeded there")
         report_path = d / "shards" / REPORT
@@ -187,7 +187,7 @@ def _check_same(slices: list[dict[str, Any]]) -> Manifest:
     if not made:
         raise MergeError("no slice produced any piece (every file was skipped; see the slices' report.json)")
     first = made[0]
-    for s in made[1:]:  # the format version is checked by read_manifest: every slice's is this deepj's
+    for s in made[1:]:  # the format version is checked by Manifest.load: every slice's is this deepj's
         mine, theirs = s["manifest"].representation, first["manifest"].representation
         if mine != theirs:
             raise MergeError(f"{s['dir']}: representation (pitches [{mine.min_pitch}, {mine.max_pitch})) differs from "

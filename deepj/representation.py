@@ -21,7 +21,17 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from deepj.constants import DEFAULT_MAX_PITCH, DEFAULT_MIN_PITCH, MAX_VELOCITY, MIDI_PITCHES, NUM_CHANNELS, PLAY, REPLAY, STEPS_PER_BEAT, VOLUME
+from deepj.constants import (
+    DEFAULT_MAX_PITCH,
+    DEFAULT_MIN_PITCH,
+    MAX_VELOCITY,
+    MIDI_PITCHES,
+    NUM_CHANNELS,
+    PLAY,
+    REPLAY,
+    STEPS_PER_BEAT,
+    VOLUME,
+)
 
 NOTE_DTYPE = np.dtype([("pitch", np.uint8), ("start", np.uint32), ("end", np.uint32), ("velocity", np.uint8)])
 

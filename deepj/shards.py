@@ -14,25 +14,18 @@ from __future__ import annotations
 import hashlib
 import zlib
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 
+from deepj.manifest import ShardEntry, ShardError
 from deepj.representation import NOTE_DTYPE, empty_notes
-
-if TYPE_CHECKING:
-    from deepj.manifest import ShardEntry  # deepj.manifest imports this module
 
 NOTES_KEY = "notes.bin"
 META_KEY = "json"
-MANIFEST = "manifest.json"
 REPORT = "report.json"
-FORMAT_VERSION = 1
 _MAGIC = b"DJN1"
 
 
-class ShardError(Exception):
-    """A shard or manifest that cannot be read; the message names the file."""
 
 
 def encode_notes(notes: np.ndarray) -> bytes:
@@ -131,7 +124,6 @@ class SplitWriter:
             self._finish()
 
     def _finish(self) -> None:
-        from deepj.manifest import ShardEntry
 
         self._writer.close()  # closes the file object too
         tmp = self.out_dir / (self._name + ".tmp")

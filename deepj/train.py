@@ -28,12 +28,11 @@ from deepj.data import StreamingLoader, accumulation_steps, validation_batches
 from deepj.dist import DistInfo, print0
 from deepj.engine import Engine, autocast_dtype, build_engine, resolve_precision
 from deepj.loss import deepj_loss
-from deepj.manifest import Manifest
+from deepj.manifest import Manifest, ShardError
 from deepj.metrics import RunLogger, flops_per_window
-from deepj.model import DeepJ, ModelConfig
+from deepj.model import DeepJ
 from deepj.preempt import PREEMPTED_EXIT, StopFlag
 from deepj.samples import log_samples
-from deepj.shards import ShardError
 from deepj.train_config import TrainConfig
 
 # ModelConfig fields that give the weights their shapes: a resume must match them; any other change is printed.

@@ -10,7 +10,7 @@ from conftest import make_tiny_corpus, run_cli
 
 from deepj.bench.data import _timed_loop, measure_sizes, replicate_shards
 from deepj.data import DataConfig, StreamingLoader
-from deepj.manifest import read_manifest
+from deepj.manifest import Manifest
 from deepj.preprocess import Settings, preprocess
 
 KEYS = ("files_per_s_pipeline", "files_per_s_pretty_midi", "speedup_vs_pretty_midi", "mb_per_s", "shard_bytes",
@@ -30,7 +30,7 @@ def corpus(tmp_path_factory) -> tuple[Path, Path]:
 
 def test_sizes_are_tar_bytes_and_dense_rolls(corpus):
     _, shards = corpus
-    manifest = read_manifest(shards)
+    manifest = Manifest.load(shards)
     sizes = measure_sizes(shards)
     tars = sorted(shards.glob("*.tar"))
     assert len(tars) == len(manifest.shards) >= 3
@@ -46,8 +46,8 @@ def test_replicated_shards_make_a_loadable_corpus_of_n_copies(corpus, tmp_path):
     _, shards = corpus
     one = StreamingLoader(DataConfig(dir=str(shards), seq_len=128, workers=0), micro_batch=2, global_batch=2)
     big = replicate_shards(shards, tmp_path / "x3", 3)
-    manifest = read_manifest(big)
-    train = read_manifest(shards).split("train")
+    manifest = Manifest.load(big)
+    train = Manifest.load(shards).split("train")
     assert [s.name for s in manifest.shards] == [f"train-{i:06d}.tar" for i in range(3 * len(train))]
     assert [s.sha256 for s in manifest.shards] == [s.sha256 for s in train] * 3  # same bytes, same checksums
     three = StreamingLoader(DataConfig(dir=str(big), seq_len=128, workers=0), micro_batch=2, global_batch=2)

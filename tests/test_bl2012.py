@@ -12,11 +12,19 @@ import numpy as np
 import pytest
 import scipy.io
 import torch
-
 from conftest import REPO, run_cli
+
 from deepj import config
-from deepj.bench.bl2012 import (BL2012Config, BL2012Error, NUM_KEYS, bernoulli_baseline, epoch_crops, evaluate_pieces,
-                                make_batch, read_bl2012)
+from deepj.bench.bl2012 import (
+    NUM_KEYS,
+    BL2012Config,
+    BL2012Error,
+    bernoulli_baseline,
+    epoch_crops,
+    evaluate_pieces,
+    make_batch,
+    read_bl2012,
+)
 from deepj.checkpoint import CheckpointMeta, load_model
 from deepj.constants import PLAY
 from deepj.model import DeepJ, ModelConfig

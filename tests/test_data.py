@@ -13,12 +13,12 @@ import numpy as np
 import psutil
 import pytest
 import torch
+from shardgen import STYLES, dense_piece, random_piece, replicate, write_corpus
 
 from deepj.config import ConfigError
 from deepj.data import DataConfig, ShardError, ShardSkipped, StreamingLoader, accumulation_steps, validation_batches
-from deepj.manifest import read_manifest
+from deepj.manifest import Manifest
 from deepj.representation import ReprConfig, notes_to_roll
-from shardgen import STYLES, dense_piece, random_piece, replicate, write_corpus
 
 SEQ, STRIDE = 8, 4
 KEYS = ("notes", "beat", "style", "window")
@@ -330,7 +330,7 @@ def test_worker_memory_does_not_grow_with_corpus(tmp_path):
     manifest10 = replicate(base, big, 10)
     peaks, decoded = [], []
     for d in (base, big):
-        decoded.append(sum(s.notes for s in read_manifest(d).shards) * 10)  # bytes of NOTE_DTYPE rows if held
+        decoded.append(sum(s.notes for s in Manifest.load(d).shards) * 10)  # bytes of NOTE_DTYPE rows if held
         ld = StreamingLoader(DataConfig(dir=str(d), seq_len=16, stride=512, shuffle_block=1, workers=1),
                              micro_batch=4, global_batch=4)
         peak = 0
@@ -432,7 +432,7 @@ def test_accumulation_steps_is_the_one_batch_check(corpus):
         accumulation_steps(8, 0, 1)
     # a manifest read once by the caller gives the same loader as one read from data.dir
     d, _, _ = corpus
-    given = StreamingLoader(cfg_for(d), micro_batch=2, global_batch=8, seed=3, manifest=read_manifest(d))
+    given = StreamingLoader(cfg_for(d), micro_batch=2, global_batch=8, seed=3, manifest=Manifest.load(d))
     read = StreamingLoader(cfg_for(d), micro_batch=2, global_batch=8, seed=3)
     assert given.corpus == read.corpus and np.array_equal(given.order(1), read.order(1))
 

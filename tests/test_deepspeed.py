@@ -8,7 +8,6 @@ import os
 import pytest
 import torch
 import torch.multiprocessing as mp
-
 from conftest import run_cli
 from test_train import TINY, free_port, global_batch, grads_after_accumulation, make_engine
 

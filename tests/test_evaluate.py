@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from conftest import run_cli
+
 from deepj.checkpoint import CheckpointMeta, load_model
 from deepj.constants import PLAY, REPLAY, VOLUME
 from deepj.evaluate import EvalError, NLLAccumulator, check_compatible, evaluate, run_seq_len, style_map

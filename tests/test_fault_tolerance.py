@@ -15,7 +15,6 @@ from pathlib import Path
 import psutil
 import pytest
 import torch
-
 from conftest import REPO, run_cli
 from test_train import free_port, read_tb, torchrun
 

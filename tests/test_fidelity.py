@@ -9,17 +9,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import run_cli
+from shardgen import random_piece, write_corpus
+
 from deepj import fidelity as fd
 from deepj import fidelity_features as ff
 from deepj import listening
+from deepj.manifest import ShardError
 from deepj.representation import ReprConfig, notes_to_roll
 from deepj.sampling import SampleConfig
-from deepj.styles import slug
-from deepj.shards import ShardError
-from deepj.styles import StyleTree
-from shardgen import random_piece, write_corpus
+from deepj.styles import StyleTree, slug
 
 CFG = ReprConfig()
 

@@ -5,12 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pretty_midi
-
 from conftest import run_cli
+
 from deepj.midi_io import read_midi
 from deepj.representation import ReprConfig
-
-
 
 
 def generate(run: Path, out: Path, *args: str):

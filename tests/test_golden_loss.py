@@ -20,7 +20,6 @@ import os
 from pathlib import Path
 
 import pytest
-
 from conftest import run_cli
 from test_train import read_tb, torchrun
 

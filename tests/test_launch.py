@@ -11,15 +11,15 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import REPO, run_cli
+
 from deepj import config
 from deepj.data import StreamingLoader
 from deepj.launch.__main__ import main as launch_main
 from deepj.launch.compose import LaunchError, LaunchSpec, compose
 from deepj.launch.plan import activation_layout, gpu_memory
 from deepj.loss import deepj_loss
-from deepj.manifest import read_manifest
+from deepj.manifest import Manifest
 from deepj.model import DeepJ, ModelConfig
 from deepj.train_config import TrainConfig
 
@@ -100,7 +100,7 @@ def test_plan_debug_matches_independent_numbers(tiny_shards, tmp_path, capsys):
     assert code == 0
     plan = json.loads(out)
     cfg = config.load(TrainConfig, REPO / DEBUG, [f"data.dir={tiny_shards}"])
-    manifest = read_manifest(tiny_shards)
+    manifest = Manifest.load(tiny_shards)
     mcfg = ModelConfig(**{**cfg.model.__dict__, "num_notes": 48, "num_styles": manifest.styles.num_styles})
     params = sum(p.numel() for p in DeepJ(mcfg).parameters())
     assert plan["params"] == params and plan["config"]["num_styles"] == 3

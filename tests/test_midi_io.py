@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from midi_files import HAND_CASES, Q, MidiSpec, bad_files, note, off, on, random_spec, track, write_spec
+from midi_files import HAND_CASES, MidiSpec, Q, bad_files, note, off, on, random_spec, track, write_spec
 
 from deepj.midi_io import MidiError, read_midi, read_tick_notes, write_midi
 from deepj.representation import ReprConfig, make_notes, quantize, replay_flags

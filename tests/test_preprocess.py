@@ -16,7 +16,7 @@ import pytest
 from midi_files import bad_files
 from test_corpus import MAESTRO_CSV, write_piece
 
-from deepj.manifest import read_manifest
+from deepj.manifest import Manifest
 from deepj.midi_io import read_midi
 from deepj.preprocess import assign_splits, main, process_file, split_hash
 from deepj.representation import ReprConfig
@@ -67,7 +67,7 @@ def test_folder_to_shards(tmp_path, capsys):
     assert run(src, out, "--val-fraction", "0.3", "--seed", "3") == 0
     printed = capsys.readouterr().out
     assert "train" in printed and "report: " + str(out / "report.json") in printed
-    m = read_manifest(out)
+    m = Manifest.load(out)
     assert m.styles.styles == ("baroque/bach", "baroque/handel", "classical/mozart")
     assert m.representation == ReprConfig(36, 84)
     assert m.settings["val_fraction"] == 0.3 and m.settings["source"] == "folder"
@@ -110,7 +110,7 @@ def test_small_shards_and_style_levels(tmp_path):
     src, out = tmp_path / "midi", tmp_path / "shards"
     make_tree(src, n_per_style=4)
     assert run(src, out, "--shard-size-mb", "0.002", "--val-fraction", "0.01") == 0  # ~2 kB: a shard per 1-2 pieces
-    m = read_manifest(out)
+    m = Manifest.load(out)
     names = [e.name for e in m.shards]
     # tarfile writes in 10 kB records, so a tiny target size means a shard per record: several train shards
     assert sum(n.startswith("train-") for n in names) >= 2
@@ -173,7 +173,7 @@ def test_bad_files_are_reported_not_fatal(tmp_path, capsys):
     assert report["pieces_written"] == 3 and report["files_seen"] == len(expected) + 3
     short = next(s for s in report["skipped"] if s["file"] == "bad/short.mid")
     assert short["detail"] == "8 steps < --min-steps 32"
-    m = read_manifest(out)
+    m = Manifest.load(out)
     assert m.styles.styles == ("good",) and m.totals["files_skipped"] == len(expected)
     assert sum(m.totals[s]["pieces"] for s in ("train", "val")) == len(good)
     printed = capsys.readouterr().out
@@ -221,7 +221,7 @@ def test_rerun_is_idempotent_and_settings_are_guarded(tmp_path, capsys):
     assert sha_all(out) == first  # refused: nothing touched
 
     assert run(src, out, "--shard-size-mb", "64", "--seed", "5", "--force") == 0
-    m = read_manifest(out)
+    m = Manifest.load(out)
     assert m.settings["seed"] == 5 and m.settings["shard_size_mb"] == 64.0
     now = sorted(p.name for p in out.glob("*.tar"))
     assert now == ["train-000000.tar", "val-000000.tar"] and len(many) > 2  # the stale small shards are gone
@@ -260,7 +260,7 @@ def test_maestro_csv(tmp_path, capsys):
     csv_path, picked = _maestro_fixture(tmp_path)
     out = tmp_path / "shards"
     assert run(csv_path, out) == 0
-    m = read_manifest(out)
+    m = Manifest.load(out)
     assert list(m.styles.styles) == sorted(style for style, _ in picked.values())
     assert m.settings["source"] == "maestro"
     got = {meta["source"]: (meta["style"], split) for split in ("train", "val", "test")
@@ -275,9 +275,9 @@ def test_maestro_csv(tmp_path, capsys):
     periods = tmp_path / "periods.json"
     periods.write_text(json.dumps({"Frédéric Chopin": "polish", "haydn": "vienna"}))
     assert main([str(csv_path), str(tmp_path / "o2"), "--periods", str(periods), "--workers", "1"]) == 0
-    styles = read_manifest(tmp_path / "o2").styles.styles
+    styles = Manifest.load(tmp_path / "o2").styles.styles
     assert "polish/chopin" in styles and "vienna/haydn" in styles and "romantic/chopin" not in styles
-    assert read_manifest(tmp_path / "o2").settings["periods"] == {"chopin": "polish", "haydn": "vienna"}
+    assert Manifest.load(tmp_path / "o2").settings["periods"] == {"chopin": "polish", "haydn": "vienna"}
 
     broken = tmp_path / "maestro" / "broken.csv"
     with open(csv_path, newline="", encoding="utf-8") as f, open(broken, "w", newline="", encoding="utf-8") as g:
@@ -303,7 +303,7 @@ def test_cli_as_a_user_runs_it(tmp_path):
                           capture_output=True, text=True, env=env, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert "wrote " in proc.stdout and "report: " in proc.stdout
-    m = read_manifest(out)
+    m = Manifest.load(out)
     assert m.totals["train"]["pieces"] + m.totals["val"]["pieces"] == 9
     first = sha_all(out)
     # one process gives the same bytes as a pool of two (the manifest holds no output path, time or worker count)

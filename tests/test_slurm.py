@@ -22,14 +22,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import REPO, make_tiny_corpus, write_random_piece
 from slurm_cluster import SlurmCluster, SlurmClusterError, ensure_installed, unavailable_reason
 from test_corpus import MAESTRO_CSV, write_piece
 
 from deepj import preprocess
 from deepj.data import DataConfig, StreamingLoader
-from deepj.manifest import read_manifest
+from deepj.manifest import Manifest
 from deepj.preprocess_merge import MergeError, merge, rewrite_style_ids, run_slice
 from deepj.shards import sha256_file
 
@@ -38,7 +37,7 @@ PRE = ["--workers", "1", "--val-fraction", "0.2", "--min-steps", "16"]
 
 def samples(shard_dir: Path) -> list[dict]:
     """Every sample's json, with the manifest's view of it: (shard, position, piece_styles entry, split)."""
-    m = read_manifest(shard_dir)
+    m = Manifest.load(shard_dir)
     out = []
     for entry in m.shards:
         with tarfile.open(shard_dir / entry.name) as tar:
@@ -76,12 +75,12 @@ def test_merged_slices_hold_the_whole_run_with_remapped_style_ids(corpus, tmp_pa
     work, out = tmp_path / "work", tmp_path / "merged"
     for i in range(3):
         assert run_slice(str(midi), work, index=i, count=3, list_file=None, preprocess_args=PRE) == 0
-    vocab = [read_manifest(work / f"slice-000{i}" / "shards").styles.styles for i in range(3)]
+    vocab = [Manifest.load(work / f"slice-000{i}" / "shards").styles.styles for i in range(3)]
     assert vocab[0] != vocab[1]  # the slices number their styles differently
     m = merge(work, out)
-    ref = read_manifest(whole)
+    ref = Manifest.load(whole)
     assert m.styles == ref.styles  # leaves, levels and level names
-    assert read_manifest(out) == m  # what merge returns is what it wrote
+    assert Manifest.load(out) == m  # what merge returns is what it wrote
     assert [e.name for e in m.shards] == ["train-000000.tar", "train-000001.tar", "train-000002.tar",
                                           "val-000000.tar", "val-000001.tar", "val-000002.tar"]
     got, want = samples(out), samples(whole)
@@ -110,7 +109,7 @@ def test_merged_slices_hold_the_whole_run_with_remapped_style_ids(corpus, tmp_pa
 def test_identity_rewrite_reproduces_the_shard_bytes(corpus, tmp_path):
     _, whole = corpus
     src = whole / "train-000000.tar"
-    n = read_manifest(whole).styles.num_styles
+    n = Manifest.load(whole).styles.num_styles
     rewrite_style_ids(src, tmp_path / "same.tar", list(range(n)))
     assert sha256_file(tmp_path / "same.tar") == sha256_file(src)
     rewrite_style_ids(src, tmp_path / "shifted.tar", [k + 1 for k in range(n)])
@@ -155,7 +154,7 @@ def test_csv_slices_keep_official_splits_and_count_every_row(tmp_path):
                          preprocess_args=["--workers", "1"]) == 0
     m = merge(work, tmp_path / "out")
     assert preprocess.main([str(csv_path), str(tmp_path / "whole"), "--workers", "1"]) == 0
-    ref = read_manifest(tmp_path / "whole")
+    ref = Manifest.load(tmp_path / "whole")
     assert m.styles.styles == ref.styles.styles
     for split in ("train", "val", "test"):
         assert m.totals[split]["pieces"] == ref.totals[split]["pieces"]
@@ -305,7 +304,7 @@ def test_preprocess_array_job_and_its_merge_step(slurm, corpus, tmp_path):
     assert len(tasks) == 3 and all(t["JobState"] == "COMPLETED" for t in tasks)
     assert "merged into" in merge_log.read_text()
     got, want = samples(out), samples(whole)
-    assert read_manifest(out).styles.styles == read_manifest(whole).styles.styles
+    assert Manifest.load(out).styles.styles == Manifest.load(whole).styles.styles
     assert all(s["style_id"] == s["manifest_style"] and s["style_name"] == s["style"] for s in got)
     assert sorted(s["source"] for s in got) == sorted(s["source"] for s in want)
     assert one_epoch(out) > 0

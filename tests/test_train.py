@@ -10,12 +10,12 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from conftest import run_cli
 
 from deepj.engine import DDPEngine
 from deepj.loss import deepj_loss
 from deepj.model import DeepJ, ModelConfig
 from deepj.optim import OptimConfig, build_optimizer, build_scheduler
-from conftest import run_cli
 
 TINY = ModelConfig(num_notes=12, num_styles=3, style_dim=8, conv_filters=4, conv_kernel=5, time_hidden=8,
                    note_hidden=6, dropout=0.0, input_dropout=0.0)

@@ -195,9 +195,9 @@ def measure_preprocess(midi_dir: Path, out_root: Path, shard_size_mb: float, min
 
 def measure_sizes(shard_dir: Path) -> dict[str, Any]:
     """Bytes of the shard files (all splits) vs dense float32 rolls of the same pieces."""
-    from deepj.manifest import read_manifest
+    from deepj.manifest import Manifest
 
-    manifest = read_manifest(shard_dir)
+    manifest = Manifest.load(shard_dir)
     n = manifest.representation.num_notes
     shard_bytes = sum((shard_dir / s.name).stat().st_size for s in manifest.shards)
     steps = sum(t for s in manifest.shards for t in s.piece_steps)
@@ -209,9 +209,9 @@ def measure_sizes(shard_dir: Path) -> dict[str, Any]:
 
 def replicate_shards(src: Path, dst: Path, times: int, split: str = "train") -> Path:
     """A shard folder holding `times` copies of src's `split` shards under new names, with a manifest listing them."""
-    from deepj.manifest import read_manifest
+    from deepj.manifest import Manifest
 
-    manifest = read_manifest(src)
+    manifest = Manifest.load(src)
     dst.mkdir(parents=True, exist_ok=True)
     entries = []
     for entry in manifest.split(split) * times:

@@ -50,11 +50,10 @@ from deepj import checkpoint, config
 from deepj.bench._machine import machine
 from deepj.checkpoint import load_model
 from deepj.constants import STEPS_PER_BAR, STEPS_PER_BEAT
-from deepj.manifest import Manifest
+from deepj.manifest import Manifest, ShardError
 from deepj.midi_io import write_midi
 from deepj.model import DeepJ
 from deepj.sampling import SampleConfig, generate
-from deepj.shards import ShardError
 from deepj.train_config import TrainConfig
 
 MIDI_BPM = inspect.signature(write_midi).parameters["bpm"].default  # 120: the tempo deepj writes MIDI at

@@ -26,9 +26,8 @@ import torch
 
 from deepj import config
 from deepj.loss import deepj_loss
-from deepj.manifest import Manifest
+from deepj.manifest import Manifest, ShardError
 from deepj.model import DeepJ
-from deepj.shards import ShardError
 from deepj.train_config import TrainConfig
 
 

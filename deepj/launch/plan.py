@@ -189,9 +189,8 @@ def make_plan(cfg, *, nodes: int = 1, gpus_per_node: int = 1, gpu_memory_bytes: 
     """Everything `plan` prints, as a dict (also `plan --json`). `cfg` is a resolved TrainConfig."""
     from deepj.config import ConfigError
     from deepj.data import accumulation_steps
-    from deepj.manifest import read_manifest
+    from deepj.manifest import Manifest, ShardError
     from deepj.model import DeepJ
-    from deepj.shards import ShardError
 
     world = nodes * gpus_per_node
     warnings: list[str] = []
@@ -200,7 +199,7 @@ def make_plan(cfg, *, nodes: int = 1, gpus_per_node: int = 1, gpu_memory_bytes: 
     m = cfg.model
     if Path(cfg.data.dir, "manifest.json").is_file():
         try:
-            manifest = read_manifest(cfg.data.dir)
+            manifest = Manifest.load(cfg.data.dir)
         except ShardError as e:
             warnings.append(f"data.dir: {e}")
     else:
