@@ -10,9 +10,9 @@ import sys
 from pathlib import Path
 
 from deepj import generate
-from deepj.checkpoint import CheckpointMeta, resolve
-from deepj.render import audio_available
-from deepj.styles import slug
+from deepj.music.render import audio_available
+from deepj.music.styles import slug
+from deepj.training.checkpoint import CheckpointMeta, resolve
 
 
 def main(argv=None) -> int:

@@ -1,7 +1,7 @@
 """Held-out likelihood of a trained DeepJ: `python -m deepj.evaluate RUN_OR_CHECKPOINT --data SHARDS [--split val]`.
 
 Windows of `--seq-len` steps (default: the checkpoint's data.seq_len) are cut from the split's shards by
-`deepj.data.validation_batches` (deterministic, no transposition, no augmentation) and run with teacher forcing, in
+`deepj.data.loader.validation_batches` (deterministic, no transposition, no augmentation) and run with teacher forcing, in
 eval mode. `--batches N` scores N micro-batches spread evenly over the split; `--batches 0` (default) is a full pass
 over all its windows, each once. Windows start every `--stride` steps (default = seq_len: consecutive, so each step of
 a piece is scored once, except a piece's last partial window, which is not scored). A window's first step is predicted
@@ -40,11 +40,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from deepj import checkpoint
-from deepj.checkpoint import CheckpointMeta, load_model
-from deepj.constants import PLAY, REPLAY, STEPS_PER_BAR, VOLUME
-from deepj.data import DataConfig, validation_batches
-from deepj.manifest import Manifest, ShardError
+from deepj.data.loader import DataConfig, validation_batches
+from deepj.data.manifest import Manifest, ShardError
+from deepj.music.constants import PLAY, REPLAY, STEPS_PER_BAR, VOLUME
+from deepj.training import checkpoint
+from deepj.training.checkpoint import CheckpointMeta, load_model
 
 DEFAULT_SEQ_LEN = 128
 
@@ -177,7 +177,7 @@ def evaluate(model, meta: CheckpointMeta, data_dir: str | Path, split: str = "va
     for i, batch in enumerate(validation_batches(cfg, micro_batch=batch_size, rank=0, world_size=1,
                                                  num_batches=num_batches, split=split)):
         if "window" not in batch:
-            raise EvalError("deepj.data batches lack the 'window' field (piece, start, shift) needed to mask padding")
+            raise EvalError("deepj.data.loader batches lack the 'window' field (piece, start, shift) needed to mask padding")
         piece, start = batch["window"][:, 0].numpy(), batch["window"][:, 1].numpy()
         valid = np.clip(steps[piece] - start, 0, seq_len)  # (B,) real steps in each window
         if full:  # rows past the split's last window are wrapped repeats

@@ -1,7 +1,7 @@
 """Style fidelity: does a trained DeepJ write music that a style classifier, trained on real music, files under the
 style it was asked for? `python -m deepj.fidelity RUN_OR_CHECKPOINT --data SHARDS [--level period|composer|both]
 [--num N] [--bars B] [--blend A,B] [--out DIR]`; the sampling options (--temperature, --mode, --silence-redraws)
-are generation's (`deepj.sampling.SampleConfig`). The features and the classifier live in `deepj.fidelity_features`.
+are generation's (`deepj.sampling.SampleConfig`). The features and the classifier live in `deepj.evaluation.classifier`.
 
 1. Real windows of W = 16 * bars steps (default: the checkpoint's training window) are cut from the shards: the
    train split (to fit the classifier) and the val split (the ceiling: its accuracy on held-out real music).
@@ -13,8 +13,8 @@ are generation's (`deepj.sampling.SampleConfig`). The features and the classifie
    silence and the model has learned least. With `--blend A,B`, pieces for w*A + (1-w)*B,
    w in {0, .25, .5, .75, 1}, give the classifier's P(A) as a function of w. A diagnostic beside it
    (`shift_corrected`) classifies the generated pieces again after removing the feature offset they all share.
-4. Music statistics (`deepj.musicstats`) per style, generated vs held-out real, and a listening page
-   (`deepj.listening`) with piano rolls and audio.
+4. Music statistics (`deepj.evaluation.musicstats`) per style, generated vs held-out real, and a listening page
+   (`deepj.evaluation.listening`) with piano rolls and audio.
 
 So that the classifier separates styles and not real from generated music, it sees only what both share:
 - the play and onset structure of the roll, never the volume channel (the corpus' velocities come from score
@@ -40,13 +40,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from deepj import checkpoint
-from deepj.checkpoint import CheckpointMeta, load_model
 from deepj.config import ConfigError
-from deepj.constants import PLAY, STEPS_PER_BAR
-from deepj.data import DataConfig, StreamingLoader
+from deepj.data.loader import DataConfig, StreamingLoader
+from deepj.data.manifest import Manifest, ShardError
 from deepj.evaluate import EvalError, check_compatible, run_seq_len
-from deepj.fidelity_features import (
+from deepj.evaluation.classifier import (
     NUM_FEATURES,
     FidelityError,
     StyleClassifier,
@@ -56,11 +54,13 @@ from deepj.fidelity_features import (
     shift_corrected,
     window_features,
 )
-from deepj.manifest import Manifest, ShardError
 from deepj.model import DeepJ
-from deepj.representation import ReprConfig, roll_to_notes
+from deepj.music.constants import PLAY, STEPS_PER_BAR
+from deepj.music.representation import ReprConfig, roll_to_notes
+from deepj.music.styles import StyleError, StyleTree
 from deepj.sampling import MODES, SampleConfig
-from deepj.styles import StyleError, StyleTree
+from deepj.training import checkpoint
+from deepj.training.checkpoint import CheckpointMeta, load_model
 
 LEVELS = ("period", "composer")
 BLEND_WEIGHTS = (0.0, 0.25, 0.5, 0.75, 1.0)
@@ -216,7 +216,7 @@ def prepare(path: str | Path, data_dir: str | Path, opts: FidelityOptions, log) 
 def judge_level(level: str, su: Setup, train: Windows, val: Windows, opts: FidelityOptions, log):
     """Fit the level's classifier on real train windows; score it on real val windows and on pieces generated for
     each of its classes. Returns (report entry, classifier, what the report files need)."""
-    from deepj import musicstats
+    from deepj.evaluation import musicstats
 
     classes, leaf_class = level_labels(list(su.manifest.styles.styles), level)
     ytr, yva = leaf_class[train.y()], leaf_class[val.y()]
@@ -280,7 +280,7 @@ def judge_blend(su: Setup, clfs: dict[str, StyleClassifier], opts: FidelityOptio
 
 def run_fidelity(path: str | Path, data_dir: str | Path, opts: FidelityOptions | None = None, log=print) -> dict:
     """The whole evaluation (see the module docstring); writes the report files and returns the report dict."""
-    from deepj.listening import write_report
+    from deepj.evaluation.listening import write_report
 
     opts = opts or FidelityOptions()
     t0 = time.time()

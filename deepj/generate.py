@@ -12,13 +12,13 @@ from pathlib import Path
 
 import torch
 
-from deepj.checkpoint import CheckpointError, load_model
-from deepj.constants import STEPS_PER_BAR
-from deepj.midi_io import write_midi
-from deepj.render import audio_available, render_wav, save_png
-from deepj.representation import roll_to_notes
+from deepj.music.constants import STEPS_PER_BAR
+from deepj.music.midi_io import write_midi
+from deepj.music.render import audio_available, render_wav, save_png
+from deepj.music.representation import roll_to_notes
+from deepj.music.styles import StyleError, slug
 from deepj.sampling import SampleConfig, generate
-from deepj.styles import StyleError, slug
+from deepj.training.checkpoint import CheckpointError, load_model
 
 
 def parse_args(argv=None):

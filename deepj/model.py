@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from deepj.config import ConfigError
-from deepj.constants import NUM_CHANNELS, PITCH_CLASSES, PLAY, STEPS_PER_BAR
+from deepj.music.constants import NUM_CHANNELS, PITCH_CLASSES, PLAY, STEPS_PER_BAR
 
 # One (h, c) pair per LSTM layer, each (1, batch, hidden): the state nn.LSTM takes and returns.
 LSTMState = list[tuple[Tensor, Tensor]]

@@ -30,13 +30,13 @@ from typing import Any
 import numpy as np
 
 from deepj import __version__
-from deepj.constants import DEFAULT_MAX_PITCH, DEFAULT_MIN_PITCH
 from deepj.corpus import SPLITS, Corpus, CorpusError, open_corpus
-from deepj.manifest import MANIFEST, Manifest, ShardEntry
-from deepj.midi_io import MidiError, read_midi
-from deepj.representation import ReprConfig, num_steps
-from deepj.shards import REPORT, SplitWriter, decode_notes, encode_notes
-from deepj.styles import StyleTree
+from deepj.data.manifest import MANIFEST, Manifest, ShardEntry
+from deepj.data.shards import REPORT, SplitWriter, decode_notes, encode_notes
+from deepj.music.constants import DEFAULT_MAX_PITCH, DEFAULT_MIN_PITCH
+from deepj.music.midi_io import MidiError, read_midi
+from deepj.music.representation import ReprConfig, num_steps
+from deepj.music.styles import StyleTree
 
 SHARD_NAME = re.compile(r"^(train|val|test)-\d{6}\.tar(\.tmp)?$")  # ours, finished or left by a killed run
 SPOOL = ".preprocess-spool.tmp"

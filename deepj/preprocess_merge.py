@@ -16,9 +16,9 @@ WORK/slice-NNNN/shards and writes WORK/slice-NNNN/DONE. A slice in which no file
 - one style vocabulary: the sorted union of the slices' styles, with `levels`/`level_names` recomputed;
 - style ids remapped. A slice numbers its styles within its own vocabulary, and the id is stored twice: in the
   manifest's `piece_styles` and in each sample's json `style_id`. The loader uses `piece_styles` but also checks that
-  each sample's json agrees with it (deepj/data.py refuses a shard where they differ), so remapping the manifest
+  each sample's json agrees with it (deepj/data/loader.py refuses a shard where they differ), so remapping the manifest
   alone is not enough: a shard whose ids change is rewritten with the new `style_id` (WebDataset's TarWriter with a
-  fixed mtime, as deepj.shards.SplitWriter writes it; identical bytes when nothing changes) and gets a new sha256;
+  fixed mtime, as deepj.data.shards.SplitWriter writes it; identical bytes when nothing changes) and gets a new sha256;
   a shard whose ids are unchanged is hard-linked (or copied);
 - totals and report.json summed over the slices (report.json also lists the slices). The manifest is written last.
 The merged folder holds the same pieces, styles and splits as one preprocess run over INPUT, packed into different
@@ -39,9 +39,9 @@ from pathlib import Path
 from typing import Any
 
 from deepj import __version__
-from deepj.manifest import MANIFEST, Manifest, ShardEntry, ShardError
-from deepj.shards import META_KEY, NOTES_KEY, REPORT, sha256_file
-from deepj.styles import StyleTree
+from deepj.data.manifest import MANIFEST, Manifest, ShardEntry, ShardError
+from deepj.data.shards import META_KEY, NOTES_KEY, REPORT, sha256_file
+from deepj.music.styles import StyleTree
 
 DONE = "DONE"
 SPLITS = ("train", "val", "test")

@@ -51,8 +51,8 @@ import torch
 from torch import Tensor, nn
 
 from deepj.config import ConfigError
-from deepj.constants import NUM_CHANNELS, PLAY, REPLAY, STEPS_PER_BAR, VOLUME
 from deepj.model import DeepJ, LSTMState
+from deepj.music.constants import NUM_CHANNELS, PLAY, REPLAY, STEPS_PER_BAR, VOLUME
 
 MODES = ("stateful", "window", "paper")
 GRAPH_WARMUP_STEPS = 3  # eager runs on the capture stream before capture (cuDNN/cuBLAS handles, workspaces)
@@ -239,7 +239,7 @@ class _StatefulStep:
         torch.cuda.current_stream(self.prev.device).wait_stream(stream)
         graph = torch.cuda.CUDAGraph()
         # The same stream as the warm-up: no cuBLAS/cuDNN handle or workspace is created during capture. thread_local:
-        # generation may run inside training (deepj/samples.py), whose other threads (DataLoader pinning, NCCL
+        # generation may run inside training (deepj/training/samples.py), whose other threads (DataLoader pinning, NCCL
         # watchdog) must stay free to call CUDA while we capture; the default "global" mode would refuse them.
         with torch.cuda.graph(graph, stream=stream, capture_error_mode="thread_local"):
             self.run()

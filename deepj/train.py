@@ -21,19 +21,20 @@ from typing import Iterator
 import numpy as np
 import torch
 
-from deepj import __version__, checkpoint, config, dist
-from deepj.checkpoint import CheckpointError, CheckpointMeta
+from deepj import __version__, config
 from deepj.config import ConfigError
-from deepj.data import StreamingLoader, accumulation_steps, validation_batches
-from deepj.dist import DistInfo, print0
-from deepj.engine import Engine, autocast_dtype, build_engine, resolve_precision
-from deepj.loss import deepj_loss
-from deepj.manifest import Manifest, ShardError
-from deepj.metrics import RunLogger, flops_per_window
+from deepj.data.loader import StreamingLoader, accumulation_steps, validation_batches
+from deepj.data.manifest import Manifest, ShardError
 from deepj.model import DeepJ
-from deepj.preempt import PREEMPTED_EXIT, StopFlag
-from deepj.samples import log_samples
-from deepj.train_config import TrainConfig
+from deepj.training import checkpoint, dist
+from deepj.training.checkpoint import CheckpointError, CheckpointMeta
+from deepj.training.config import TrainConfig
+from deepj.training.dist import DistInfo, print0
+from deepj.training.engine import Engine, autocast_dtype, build_engine, resolve_precision
+from deepj.training.logger import RunLogger, flops_per_window
+from deepj.training.loss import deepj_loss
+from deepj.training.preempt import PREEMPTED_EXIT, StopFlag
+from deepj.training.samples import log_samples
 
 # ModelConfig fields that give the weights their shapes: a resume must match them; any other change is printed.
 SHAPE_FIELDS = ("num_notes", "num_styles", "style_dim", "conv_filters", "conv_kernel", "time_hidden", "time_layers",

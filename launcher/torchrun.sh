@@ -14,7 +14,7 @@
 #   DEEPJ_IGNORE_USR2=1   torchrun ignores SIGUSR2 (set by slurm/train.sbatch). torchrun forwards only TERM, INT,
 #                         HUP and QUIT to its workers and dies on an unhandled USR1/USR2 (pytorch #154849). Slurm
 #                         delivers a step signal to every process of the step, so the workers get USR2 directly,
-#                         save at the same step (deepj/preempt.py) and exit 75; torchrun just sees them finish, with
+#                         save at the same step (deepj/training/preempt.py) and exit 75; torchrun just sees them finish, with
 #                         no 30-second kill timer (pytorch #119856) running against the checkpoint write. An ignored
 #                         signal stays ignored across exec, and each worker installs its own USR2 handler.
 # torchrun reports a worker's exit 75 as its own exit 1 (a failed worker group); callers that need to know whether

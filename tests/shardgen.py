@@ -1,5 +1,5 @@
 """Synthetic shard folders for tests: random canonical pieces written with `SplitWriter`, plus a manifest.json
-written by `deepj.manifest.Manifest`, as deepj.preprocess writes it (settings and file counts are placeholders)."""
+written by `deepj.data.manifest.Manifest`, as deepj.preprocess writes it (settings and file counts are placeholders)."""
 
 from __future__ import annotations
 
@@ -9,10 +9,10 @@ from pathlib import Path
 
 import numpy as np
 
-from deepj.manifest import Manifest, ShardEntry
-from deepj.representation import ReprConfig, merge
-from deepj.shards import SplitWriter, sha256_file
-from deepj.styles import StyleTree
+from deepj.data.manifest import Manifest, ShardEntry
+from deepj.data.shards import SplitWriter, sha256_file
+from deepj.music.representation import ReprConfig, merge
+from deepj.music.styles import StyleTree
 
 STYLES = ["baroque/bach", "classical/mozart", "romantic/chopin"]
 

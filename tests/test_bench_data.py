@@ -9,8 +9,8 @@ import pytest
 from conftest import make_tiny_corpus, run_cli
 
 from deepj.bench.data import _timed_loop, measure_sizes, replicate_shards
-from deepj.data import DataConfig, StreamingLoader
-from deepj.manifest import Manifest
+from deepj.data.loader import DataConfig, StreamingLoader
+from deepj.data.manifest import Manifest
 from deepj.preprocess import Settings, preprocess
 
 KEYS = ("files_per_s_pipeline", "files_per_s_pretty_midi", "speedup_vs_pretty_midi", "mb_per_s", "shard_bytes",

@@ -9,11 +9,11 @@ import pytest
 import torch
 
 import deepj.bench.generate as bench
-from deepj import checkpoint
-from deepj.checkpoint import CheckpointMeta
 from deepj.model import DeepJ, ModelConfig
-from deepj.representation import ReprConfig
-from deepj.styles import StyleTree
+from deepj.music.representation import ReprConfig
+from deepj.music.styles import StyleTree
+from deepj.training import checkpoint
+from deepj.training.checkpoint import CheckpointMeta
 
 TINY_MODEL = {"style_dim": 8, "conv_filters": 6, "conv_kernel": 5, "time_hidden": 16, "note_hidden": 12}
 MODES = ["stateful", "stateful-eager", "window", "paper"]

@@ -8,8 +8,8 @@ import json
 import pytest
 
 import deepj.bench.train as bench
-from deepj.metrics import flops_per_window
 from deepj.model import ModelConfig
+from deepj.training.logger import flops_per_window
 
 TINY = ["model.time_hidden=16", "model.note_hidden=8", "model.conv_filters=8", "model.style_dim=8", "data.seq_len=8"]
 

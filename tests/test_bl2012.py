@@ -25,9 +25,9 @@ from deepj.bench.bl2012 import (
     make_batch,
     read_bl2012,
 )
-from deepj.checkpoint import CheckpointMeta, load_model
-from deepj.constants import PLAY
 from deepj.model import DeepJ, ModelConfig
+from deepj.music.constants import PLAY
+from deepj.training.checkpoint import CheckpointMeta, load_model
 
 # The datasets live beside the repository (../shared/data/bl2012); a clone elsewhere finds them through
 # $DEEPJ_BL2012_DIR or the project's fixed location.

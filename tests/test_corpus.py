@@ -170,8 +170,8 @@ def test_demo_selection_caps_and_labels():
 @pytest.mark.slow
 def test_demo_build_small(tmp_path):
     from deepj.corpus.demo import DONE, SKIPPED, build_demo_corpus
-    from deepj.midi_io import read_midi, read_tick_notes
-    from deepj.representation import ReprConfig
+    from deepj.music.midi_io import read_midi, read_tick_notes
+    from deepj.music.representation import ReprConfig
 
     root = build_demo_corpus(tmp_path / "cache", per_composer=2, workers=2, progress=False)
     files = sorted(root.glob("*/*/*.mid"))

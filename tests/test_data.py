@@ -16,9 +16,16 @@ import torch
 from shardgen import STYLES, dense_piece, random_piece, replicate, write_corpus
 
 from deepj.config import ConfigError
-from deepj.data import DataConfig, ShardError, ShardSkipped, StreamingLoader, accumulation_steps, validation_batches
-from deepj.manifest import Manifest
-from deepj.representation import ReprConfig, notes_to_roll
+from deepj.data.loader import (
+    DataConfig,
+    ShardError,
+    ShardSkipped,
+    StreamingLoader,
+    accumulation_steps,
+    validation_batches,
+)
+from deepj.data.manifest import Manifest
+from deepj.music.representation import ReprConfig, notes_to_roll
 
 SEQ, STRIDE = 8, 4
 KEYS = ("notes", "beat", "style", "window")

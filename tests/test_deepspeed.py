@@ -24,11 +24,12 @@ def _ds_worker(rank: int, world: int, port: int, stage: int, out_file: str) -> N
     os.environ.update({**DS_ENV, "RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": str(world),
                        "LOCAL_WORLD_SIZE": str(world), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)})
     torch.set_num_threads(1)
-    from deepj import config, dist
-    from deepj.engine_deepspeed import DeepSpeedEngine
+    from deepj import config
     from deepj.model import DeepJ
-    from deepj.optim import OptimConfig, build_optimizer, build_scheduler
-    from deepj.train_config import TrainConfig
+    from deepj.training import dist
+    from deepj.training.config import TrainConfig
+    from deepj.training.engine_deepspeed import DeepSpeedEngine
+    from deepj.training.optim import OptimConfig, build_optimizer, build_scheduler
 
     info = dist.init_distributed("cpu")
     cfg = config.load(TrainConfig, None, [f"train.deepspeed_config=launcher/ds_zero{stage}.json", "train.micro_batch=4",
@@ -55,7 +56,7 @@ def _ds_worker(rank: int, world: int, port: int, stage: int, out_file: str) -> N
 
 def reference():
     """One process, the DDP engine in float32, the whole global batch of 16 in one micro-batch, one step."""
-    from deepj.optim import OptimConfig
+    from deepj.training.optim import OptimConfig
 
     engine = make_engine(accumulation=1, distributed=False, dtype=torch.float32, optim=OptimConfig(eps=STEP_EPS))
     batch = [tuple(x.float() if x.is_floating_point() else x for x in global_batch())]

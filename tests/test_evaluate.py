@@ -15,14 +15,14 @@ import pytest
 import torch
 from conftest import run_cli
 
-from deepj.checkpoint import CheckpointMeta, load_model
-from deepj.constants import PLAY, REPLAY, VOLUME
+from deepj.data.manifest import Manifest
+from deepj.data.shards import NOTES_KEY, decode_notes
 from deepj.evaluate import EvalError, NLLAccumulator, check_compatible, evaluate, run_seq_len, style_map
-from deepj.manifest import Manifest
 from deepj.model import ModelConfig
-from deepj.representation import ReprConfig, notes_to_roll
-from deepj.shards import NOTES_KEY, decode_notes
-from deepj.styles import StyleTree
+from deepj.music.constants import PLAY, REPLAY, VOLUME
+from deepj.music.representation import ReprConfig, notes_to_roll
+from deepj.music.styles import StyleTree
+from deepj.training.checkpoint import CheckpointMeta, load_model
 
 
 def softplus(x: float) -> float:

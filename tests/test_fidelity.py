@@ -13,12 +13,12 @@ from conftest import run_cli
 from shardgen import random_piece, write_corpus
 
 from deepj import fidelity as fd
-from deepj import fidelity_features as ff
-from deepj import listening
-from deepj.manifest import ShardError
-from deepj.representation import ReprConfig, notes_to_roll
+from deepj.data.manifest import ShardError
+from deepj.evaluation import classifier as ff
+from deepj.evaluation import listening
+from deepj.music.representation import ReprConfig, notes_to_roll
+from deepj.music.styles import StyleTree, slug
 from deepj.sampling import SampleConfig
-from deepj.styles import StyleTree, slug
 
 CFG = ReprConfig()
 

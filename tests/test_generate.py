@@ -7,8 +7,8 @@ from pathlib import Path
 import pretty_midi
 from conftest import run_cli
 
-from deepj.midi_io import read_midi
-from deepj.representation import ReprConfig
+from deepj.music.midi_io import read_midi
+from deepj.music.representation import ReprConfig
 
 
 def generate(run: Path, out: Path, *args: str):

@@ -19,14 +19,15 @@ import torch
 from conftest import run_cli
 from torch import nn
 
-from deepj import checkpoint, config
-from deepj.data import DataConfig, StreamingLoader
-from deepj.engine import DDPEngine, autocast_dtype, lstm_compute_dtypes
-from deepj.loss import deepj_loss
+from deepj import config
+from deepj.data.loader import DataConfig, StreamingLoader
 from deepj.model import DeepJ, ModelConfig
-from deepj.optim import OptimConfig, build_optimizer, build_scheduler
 from deepj.sampling import SampleConfig, generate
-from deepj.train_config import TrainConfig
+from deepj.training import checkpoint
+from deepj.training.config import TrainConfig
+from deepj.training.engine import DDPEngine, autocast_dtype, lstm_compute_dtypes
+from deepj.training.loss import deepj_loss
+from deepj.training.optim import OptimConfig, build_optimizer, build_scheduler
 
 DEVICE = os.environ.get("DEEPJ_TEST_DEVICE", "cuda")
 if DEVICE not in ("cuda", "cpu"):

@@ -14,14 +14,14 @@ import torch
 from conftest import REPO, run_cli
 
 from deepj import config
-from deepj.data import StreamingLoader
+from deepj.data.loader import StreamingLoader
+from deepj.data.manifest import Manifest
 from deepj.launch.__main__ import main as launch_main
 from deepj.launch.compose import LaunchError, LaunchSpec, compose
 from deepj.launch.plan import activation_layout, gpu_memory
-from deepj.loss import deepj_loss
-from deepj.manifest import Manifest
 from deepj.model import DeepJ, ModelConfig
-from deepj.train_config import TrainConfig
+from deepj.training.config import TrainConfig
+from deepj.training.loss import deepj_loss
 
 DEBUG = "configs/debug.toml"
 PAPER = "configs/paper.toml"

@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 from midi_files import HAND_CASES, MidiSpec, Q, bad_files, note, off, on, random_spec, track, write_spec
 
-from deepj.midi_io import MidiError, read_midi, read_tick_notes, write_midi
-from deepj.representation import ReprConfig, make_notes, quantize, replay_flags
+from deepj.music.midi_io import MidiError, read_midi, read_tick_notes, write_midi
+from deepj.music.representation import ReprConfig, make_notes, quantize, replay_flags
 
 PARSERS = ("symusic", "pretty_midi")
 CFG = ReprConfig(min_pitch=60, max_pitch=64)

@@ -7,8 +7,8 @@ import torch
 import torch.nn.functional as F
 
 from deepj.config import ConfigError
-from deepj.loss import deepj_loss, play_nll_sum
 from deepj.model import DeepJ, ModelConfig, dropout
+from deepj.training.loss import deepj_loss, play_nll_sum
 
 TINY = dict(num_notes=14, num_styles=3, style_dim=8, conv_filters=6, conv_kernel=5, time_hidden=16, note_hidden=12)
 

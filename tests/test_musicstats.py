@@ -1,4 +1,4 @@
-"""deepj.musicstats: each statistic on a hand-made piece equals its hand-computed value; OA is 1 for identical
+"""deepj.evaluation.musicstats: each statistic on a hand-made piece equals its hand-computed value; OA is 1 for identical
 distributions, 0 for disjoint ones, and matches the analytic overlap of two Gaussians."""
 
 from __future__ import annotations
@@ -8,8 +8,8 @@ import math
 import numpy as np
 import pytest
 
-from deepj import musicstats as ms
-from deepj.representation import ReprConfig, make_notes, notes_to_roll
+from deepj.evaluation import musicstats as ms
+from deepj.music.representation import ReprConfig, make_notes, notes_to_roll
 
 # Two bars (32 steps). Onsets at 0, 2, 8, 12; bar 2 (steps 16..31) is silent.
 #   step:   0  1  2  3 | 4..7 | 8  9 10 11 | 12 | 13..31

@@ -16,12 +16,12 @@ import pytest
 from midi_files import bad_files
 from test_corpus import MAESTRO_CSV, write_piece
 
-from deepj.manifest import Manifest
-from deepj.midi_io import read_midi
+from deepj.data.manifest import Manifest
+from deepj.data.shards import decode_notes, piece_key
+from deepj.music.midi_io import read_midi
+from deepj.music.representation import ReprConfig
+from deepj.music.styles import StyleTree
 from deepj.preprocess import assign_splits, main, process_file, split_hash
-from deepj.representation import ReprConfig
-from deepj.shards import decode_notes, piece_key
-from deepj.styles import StyleTree
 
 REPO = Path(__file__).resolve().parents[1]
 

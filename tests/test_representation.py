@@ -1,7 +1,7 @@
 """The representation, pinned by hand-made MIDI files with expected grid notes and rolls, and by round trips.
 
 Hand cases (tests/midi_files.HAND_CASES) are real MIDI files read back through `read_midi` with both parsers; the
-expected values below are written out by hand from deepj.md and the rules in deepj/representation.py.
+expected values below are written out by hand from deepj.md and the rules in deepj/music/representation.py.
 """
 
 from __future__ import annotations
@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 from midi_files import HAND_CASES, MidiSpec, note, track, write_spec
 
-from deepj.midi_io import read_midi, write_midi
-from deepj.representation import (
+from deepj.data.shards import decode_notes, encode_notes
+from deepj.music.midi_io import read_midi, write_midi
+from deepj.music.representation import (
     NOTE_DTYPE,
     ReprConfig,
     empty_notes,
@@ -23,7 +24,6 @@ from deepj.representation import (
     replay_flags,
     roll_to_notes,
 )
-from deepj.shards import decode_notes, encode_notes
 
 PARSERS = ("symusic", "pretty_midi")
 CFG = ReprConfig(min_pitch=60, max_pitch=64)  # N = 4: columns are pitches 60, 61, 62, 63

@@ -27,10 +27,10 @@ from slurm_cluster import SlurmCluster, SlurmClusterError, ensure_installed, una
 from test_corpus import MAESTRO_CSV, write_piece
 
 from deepj import preprocess
-from deepj.data import DataConfig, StreamingLoader
-from deepj.manifest import Manifest
+from deepj.data.loader import DataConfig, StreamingLoader
+from deepj.data.manifest import Manifest
+from deepj.data.shards import sha256_file
 from deepj.preprocess_merge import MergeError, merge, rewrite_style_ids, run_slice
-from deepj.shards import sha256_file
 
 PRE = ["--workers", "1", "--val-fraction", "0.2", "--min-steps", "16"]
 

@@ -12,10 +12,10 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from conftest import run_cli
 
-from deepj.engine import DDPEngine
-from deepj.loss import deepj_loss
 from deepj.model import DeepJ, ModelConfig
-from deepj.optim import OptimConfig, build_optimizer, build_scheduler
+from deepj.training.engine import DDPEngine
+from deepj.training.loss import deepj_loss
+from deepj.training.optim import OptimConfig, build_optimizer, build_scheduler
 
 TINY = ModelConfig(num_notes=12, num_styles=3, style_dim=8, conv_filters=4, conv_kernel=5, time_hidden=8,
                    note_hidden=6, dropout=0.0, input_dropout=0.0)
@@ -161,7 +161,7 @@ def test_missing_data_dir_is_clear(tmp_path):
 def test_precision_auto_is_resolved_and_saved(tiny_shards, tmp_path):
     """train.precision=auto becomes bf16 where this CPU has native bf16 (oneDNN's check), else fp32, and the run
     folder's config.toml (which generate and resume read) holds the resolved value, never "auto"."""
-    from deepj.engine import resolve_precision
+    from deepj.training.engine import resolve_precision
 
     cpu = torch.device("cpu")
     native = torch.ops.mkldnn._is_mkldnn_bf16_supported()
@@ -178,7 +178,7 @@ def test_precision_auto_is_resolved_and_saved(tiny_shards, tmp_path):
 def test_shipped_configs_load(name):
     """Every shipped config is valid against the code (litgpt's habit)."""
     from deepj import config
-    from deepj.train_config import TrainConfig
+    from deepj.training.config import TrainConfig
 
     cfg = config.load(TrainConfig, f"configs/{name}.toml")
     assert cfg.train.global_batch % cfg.train.micro_batch == 0
@@ -186,7 +186,7 @@ def test_shipped_configs_load(name):
 
 def test_lstm_compute_dtype_probe_on_cpu():
     """Pitfall 15, CPU side: the probe reports what the LSTMs really compute in under each precision setting."""
-    from deepj.engine import lstm_compute_dtypes
+    from deepj.training.engine import lstm_compute_dtypes
 
     model = DeepJ(TINY)
     cpu = torch.device("cpu")
@@ -199,7 +199,7 @@ def test_lstm_compute_dtype_probe_on_cpu():
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_lstm_compute_dtype_probe_on_cuda():
     """Pitfall 15 on CUDA: fp16 autocast runs the cuDNN LSTMs in fp16; record what bf16 autocast really does."""
-    from deepj.engine import lstm_compute_dtypes
+    from deepj.training.engine import lstm_compute_dtypes
 
     model = DeepJ(TINY).cuda()
     dev = torch.device("cuda")
@@ -237,7 +237,7 @@ def test_checkpoint_written_before_meta_json_still_loads(trained_run, tmp_path):
     """A checkpoint from before meta.json (the metadata inside train.pt) loads through load_model and generates."""
     import shutil
 
-    from deepj import checkpoint
+    from deepj.training import checkpoint
 
     old = tmp_path / "run" / "step-00000004"
     shutil.copytree(trained_run / "step-00000004", old)

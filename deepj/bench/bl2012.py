@@ -27,8 +27,8 @@ epoch, bucketed by length to limit padding (padded frames are masked out of the 
 frames, so the causal time axis never sees it); transposition by k semitones, |k| <= train.transpose, drawn within the
 keys the crop leaves free (nothing leaves the 88 keys). The loss is the masked mean BCE per note-step (nats per frame
 / 88). After each epoch the whole validation pieces are scored; the best model is checkpointed into `run_dir` by
-`deepj.checkpoint.save` (kind "bl2012" in its meta.json: the model config, the single style `bl2012/<dataset>`, the 88
-piano keys, the .mat file's checksum, the resolved config), so `deepj.checkpoint.load_model` reads it;
+`deepj.training.checkpoint.save` (kind "bl2012" in its meta.json: the model config, the single style `bl2012/<dataset>`, the 88
+piano keys, the .mat file's checksum, the resolved config), so `deepj.training.checkpoint.load_model` reads it;
 training stops after `train.patience` epochs without improvement, at `train.max_epochs`, or after
 `train.max_minutes`. The play head's bias starts at the logit of the training key density (not 0, i.e. p = 1/2),
 which saves the first epochs from learning sparsity alone. The best model is then scored on the test pieces. The last
@@ -54,15 +54,16 @@ import scipy.io
 import torch
 import torch.nn.functional as F
 
-from deepj import __version__, checkpoint, config
+from deepj import __version__, config
 from deepj.bench._machine import cpu_name
-from deepj.checkpoint import CheckpointMeta
 from deepj.config import ConfigError
-from deepj.constants import NUM_CHANNELS, PIANO_MAX_PITCH, PIANO_MIN_PITCH, PLAY, STEPS_PER_BAR
 from deepj.model import DeepJ, ModelConfig
-from deepj.optim import OptimConfig, build_optimizer, build_scheduler
-from deepj.representation import ReprConfig
-from deepj.styles import StyleTree
+from deepj.music.constants import NUM_CHANNELS, PIANO_MAX_PITCH, PIANO_MIN_PITCH, PLAY, STEPS_PER_BAR
+from deepj.music.representation import ReprConfig
+from deepj.music.styles import StyleTree
+from deepj.training import checkpoint
+from deepj.training.checkpoint import CheckpointMeta
+from deepj.training.optim import OptimConfig, build_optimizer, build_scheduler
 
 NUM_KEYS = PIANO_MAX_PITCH - PIANO_MIN_PITCH  # 88: column 0 = MIDI 21 (A0), column 87 = MIDI 108 (C8)
 SPLIT_KEYS = {"train": "traindata", "valid": "validdata", "test": "testdata"}

@@ -12,7 +12,7 @@ Figures, measured in one run on the same files:
 - the whole `deepj.preprocess.preprocess` run (read, split, write shards) with 1 and 2 worker processes, wall time;
 - shard bytes (tar files, all splits) against the dense float32 `[play, replay, volume]` rolls of the same pieces
   (sum over pieces of T x N x 3 x 4 bytes);
-- `deepj.data.StreamingLoader` windows/s (windows of 128 steps x N notes, stride 16, transposition on) with 0
+- `deepj.data.loader.StreamingLoader` windows/s (windows of 128 steps x N notes, stride 16, transposition on) with 0
   (in-process), 1 and 2 DataLoader workers, each run in a fresh process so that its RSS high-water mark is its own;
 - RSS flat in corpus size: the in-process loader's peak RSS over the train shards (1x) and over 10 copies of them
   (10x, the same shard files under new names with a manifest listing the copies), reading the same number of windows.
@@ -38,7 +38,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from deepj.constants import NUM_CHANNELS
+from deepj.music.constants import NUM_CHANNELS
 
 ROLL_ITEM_BYTES = 4  # float32
 REPLICAS = 10  # the "10x" corpus for the RSS figure
@@ -111,9 +111,9 @@ def measure_reading(files: list[Path], seconds: float, repeats: int, min_steps: 
     """Per-process files/s and MB/s: process_file (symusic) vs pretty_midi parsing alone, on the same files."""
     import pretty_midi
 
-    from deepj.midi_io import MidiError
+    from deepj.music.midi_io import MidiError
+    from deepj.music.representation import ReprConfig
     from deepj.preprocess import process_file
-    from deepj.representation import ReprConfig
 
     cfg = ReprConfig()
 
@@ -195,7 +195,7 @@ def measure_preprocess(midi_dir: Path, out_root: Path, shard_size_mb: float, min
 
 def measure_sizes(shard_dir: Path) -> dict[str, Any]:
     """Bytes of the shard files (all splits) vs dense float32 rolls of the same pieces."""
-    from deepj.manifest import Manifest
+    from deepj.data.manifest import Manifest
 
     manifest = Manifest.load(shard_dir)
     n = manifest.representation.num_notes
@@ -209,7 +209,7 @@ def measure_sizes(shard_dir: Path) -> dict[str, Any]:
 
 def replicate_shards(src: Path, dst: Path, times: int, split: str = "train") -> Path:
     """A shard folder holding `times` copies of src's `split` shards under new names, with a manifest listing them."""
-    from deepj.manifest import Manifest
+    from deepj.data.manifest import Manifest
 
     manifest = Manifest.load(src)
     dst.mkdir(parents=True, exist_ok=True)
@@ -277,7 +277,7 @@ def _loader_child(run: LoaderRun, queue) -> None:
     try:
         import torch
 
-        from deepj.data import DataConfig, StreamingLoader
+        from deepj.data.loader import DataConfig, StreamingLoader
 
         torch.set_num_threads(1)  # the loader is numpy work; intra-op threads would only compete with the workers
         cfg = DataConfig(dir=run.shard_dir, seq_len=run.seq_len, stride=run.stride, workers=run.workers)

@@ -15,7 +15,7 @@ bars (CUDA synchronized before each clock reading), after one 2-step warm-up cal
 context, cuDNN/cuBLAS handles, allocator). A graph is captured inside each `generate` call, so its capture is part of
 the time a user waits; it is also reported alone (capture_s). pieces/s = B / seconds. Real-time factor = seconds of
 music generated per wall second, all B pieces counted: B x steps x 0.125 s / seconds, a step being a 16th note at the
-120 bpm that deepj writes MIDI at (`deepj.midi_io.write_midi`'s default tempo, read from it below; the paper's tempo).
+120 bpm that deepj writes MIDI at (`deepj.music.midi_io.write_midi`'s default tempo, read from it below; the paper's tempo).
 Speedups, at the same batch: stateful's seconds against paper's, window's, and stateful-eager's (the graph's gain).
 
 --silence-redraws K (default 0: the paper's sampling, as the GPU figures in docs/benchmarks.md were measured): the
@@ -46,15 +46,16 @@ from typing import Any
 
 import torch
 
-from deepj import checkpoint, config
+from deepj import config
 from deepj.bench._machine import machine
-from deepj.checkpoint import load_model
-from deepj.constants import STEPS_PER_BAR, STEPS_PER_BEAT
-from deepj.manifest import Manifest, ShardError
-from deepj.midi_io import write_midi
+from deepj.data.manifest import Manifest, ShardError
 from deepj.model import DeepJ
+from deepj.music.constants import STEPS_PER_BAR, STEPS_PER_BEAT
+from deepj.music.midi_io import write_midi
 from deepj.sampling import SampleConfig, generate
-from deepj.train_config import TrainConfig
+from deepj.training import checkpoint
+from deepj.training.checkpoint import load_model
+from deepj.training.config import TrainConfig
 
 MIDI_BPM = inspect.signature(write_midi).parameters["bpm"].default  # 120: the tempo deepj writes MIDI at
 SECONDS_PER_STEP = 60.0 / MIDI_BPM / STEPS_PER_BEAT  # 0.125 s: a 16th note

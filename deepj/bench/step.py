@@ -25,10 +25,10 @@ from contextlib import nullcontext
 import torch
 
 from deepj import config
-from deepj.loss import deepj_loss
-from deepj.manifest import Manifest, ShardError
+from deepj.data.manifest import Manifest, ShardError
 from deepj.model import DeepJ
-from deepj.train_config import TrainConfig
+from deepj.training.config import TrainConfig
+from deepj.training.loss import deepj_loss
 
 
 def parse_args(argv=None):

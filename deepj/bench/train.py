@@ -6,13 +6,13 @@
 One run builds, checks and times every setting:
 - the matmul peak of this GPU, measured here (8192^3 products, median of CUDA-event timings) for fp16, bf16, tf32
   and fp32: the denominator of MFU;
-- what the LSTMs really compute in under each precision (`deepj.engine.lstm_compute_dtypes`: under bf16 autocast
+- what the LSTMs really compute in under each precision (`deepj.training.engine.lstm_compute_dtypes`: under bf16 autocast
   ATen hands cuDNN RNNs float16), and the MFU is taken against that dtype's peak (tf32 for fp32 when cuDNN may use
   TF32, PyTorch's default);
 - per (precision, batch): one optimizer step exactly as training runs it (DDPEngine: autocast forward, loss,
   backward, clipping, Nadam, scheduler; GradScaler for fp16) on batches already on the GPU, timed with CUDA events
   (median of --steps after --warmup); windows/s, note-steps/s (windows x 128 steps x 48 notes), achieved FLOP/s from
-  `deepj.metrics.flops_per_window` (the analytic count documented there: matmuls and the convolution, forward +
+  `deepj.training.logger.flops_per_window` (the analytic count documented there: matmuls and the convolution, forward +
   backward = 3 x forward), MFU, peak memory. A setting that runs out of memory is reported and ends that precision's
   sweep. `--graph` adds the same step captured whole in one CUDA graph (bf16/fp32; fp16's GradScaler is not
   capturable), which removes the CPU's launch overhead;
@@ -39,12 +39,12 @@ from torch import nn
 
 from deepj import config
 from deepj.bench._machine import gpu_driver, machine
-from deepj.engine import DDPEngine, autocast_dtype, lstm_compute_dtypes
-from deepj.loss import deepj_loss
-from deepj.metrics import flops_per_window
 from deepj.model import DeepJ
-from deepj.optim import build_optimizer, build_scheduler
-from deepj.train_config import TrainConfig
+from deepj.training.config import TrainConfig
+from deepj.training.engine import DDPEngine, autocast_dtype, lstm_compute_dtypes
+from deepj.training.logger import flops_per_window
+from deepj.training.loss import deepj_loss
+from deepj.training.optim import build_optimizer, build_scheduler
 
 NUM_STYLES = 23  # the paper's style count (its dataset's composers); only the size of one small Linear depends on it
 MATMUL_N = 8192

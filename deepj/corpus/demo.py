@@ -8,7 +8,7 @@ corpus small enough to train on a laptop with four periods the model can learn t
 Build: `python -m deepj.corpus.demo [--out DIR] [--per-composer N] [--workers W]`, or `deepj.preprocess demo`.
 Each composer contributes at most N scores, spread evenly over its files (not just the first N by name). Conversion
 runs over a process pool, slowest scores first; a score that music21 cannot parse or write, or whose MIDI
-`deepj.midi_io.read_midi` rejects, is skipped, counted and listed in `skipped.json`. A `DONE` file holding the settings
+`deepj.music.midi_io.read_midi` rejects, is skipped, counted and listed in `skipped.json`. A `DONE` file holding the settings
 makes the next call return at once; an interrupted build resumes (finished files are kept).
 """
 
@@ -156,8 +156,8 @@ def convert_score(src: str, number: int | None, out: Path) -> dict:
     """
     from music21 import converter, repeat, stream
 
-    from deepj.midi_io import MidiError, read_midi, read_tick_notes
-    from deepj.representation import ReprConfig, num_steps
+    from deepj.music.midi_io import MidiError, read_midi, read_tick_notes
+    from deepj.music.representation import ReprConfig, num_steps
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # music21 warns about every odd ABC/MusicXML detail

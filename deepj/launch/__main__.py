@@ -68,7 +68,7 @@ def parse_args(argv=None):
 
 def _load_config(path, overrides):
     from deepj import config
-    from deepj.train_config import TrainConfig
+    from deepj.training.config import TrainConfig
 
     return config.load(TrainConfig, path, overrides)
 

@@ -206,7 +206,7 @@ def check_music(r: Report) -> None:
                   "pip install symusic")
     r.fact("pretty_midi", _version("pretty_midi") or "not importable")
     try:
-        from deepj.render import audio_available, find_soundfont
+        from deepj.music.render import audio_available, find_soundfont
 
         ok, why = audio_available()
     except Exception as e:  # render imports numpy only; guard anyway

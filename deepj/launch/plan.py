@@ -16,10 +16,10 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from deepj.constants import NUM_CHANNELS
+from deepj.music.constants import NUM_CHANNELS
 
 if TYPE_CHECKING:
-    from deepj.manifest import Manifest
+    from deepj.data.manifest import Manifest
 
 GIB = 2**30
 CUDA_CONTEXT_BYTES = 512 * 2**20  # CUDA context + cuDNN/cuBLAS handles: outside torch's allocator, ~0.3-0.6 GiB
@@ -98,9 +98,9 @@ def gpu_memory(m, params: int, *, micro_batch: int, seq_len: int, precision: str
 # ---------------------------------------------------------------------------------------------------- data
 
 def split_summary(manifest: Manifest, split: str, seq_len: int, stride: int) -> dict[str, int]:
-    """Shards, pieces, windows (the loader's windowing, deepj.manifest.windows_per_piece), bytes and notes of a split;
+    """Shards, pieces, windows (the loader's windowing, deepj.data.manifest.windows_per_piece), bytes and notes of a split;
     all zero for a split with no shards."""
-    from deepj.manifest import windows_per_piece
+    from deepj.data.manifest import windows_per_piece
 
     shards = [s for s in manifest.shards if s.split == split]
     steps = [t for s in shards for t in s.piece_steps]
@@ -113,7 +113,7 @@ def loader_worker_memory(manifest: Manifest | None, data_cfg, micro_batch: int, 
                          num_styles: int) -> dict[str, int]:
     """Host bytes one loader worker holds (data.workers = 0: the trainer process holds the same).
 
-    blocks:  2 blocks of `shuffle_block` shards (the current one and one spare, deepj/data.py), each shard as its
+    blocks:  2 blocks of `shuffle_block` shards (the current one and one spare, deepj/data/loader.py), each shard as its
              compressed samples (~ its bytes) plus every piece decoded: NOTE_HOST_BYTES per note. Upper bound: the
              largest shards of the split.
     batches: PREFETCH_FACTOR micro-batches in flight: notes (B, L+1, N, 3) float32 + beat (B, L) int64 + style
@@ -133,7 +133,7 @@ def loader_worker_memory(manifest: Manifest | None, data_cfg, micro_batch: int, 
 # ---------------------------------------------------------------------------------------------------- checkpoints
 
 def checkpoint_bytes(params: int, *, backend: str, precision: str, world: int, optimizer_states: int = 2) -> int:
-    """Bytes of one step folder (deepj/checkpoint.py layout).
+    """Bytes of one step folder (deepj/training/checkpoint.py layout).
 
     DDP:       train.pt = weights 4P + optimizer 4P x 2 (+ counters) ; rank-NNNNN.pt ~ 10 KB each (RNG states)
     DeepSpeed: train.pt = full weights 4P (for generate) + DeepSpeed's files: module 4P (2P in bf16/fp16) and the
@@ -188,8 +188,8 @@ def make_plan(cfg, *, nodes: int = 1, gpus_per_node: int = 1, gpu_memory_bytes: 
               probe_disk: bool = True) -> dict[str, Any]:
     """Everything `plan` prints, as a dict (also `plan --json`). `cfg` is a resolved TrainConfig."""
     from deepj.config import ConfigError
-    from deepj.data import accumulation_steps
-    from deepj.manifest import Manifest, ShardError
+    from deepj.data.loader import accumulation_steps
+    from deepj.data.manifest import Manifest, ShardError
     from deepj.model import DeepJ
 
     world = nodes * gpus_per_node

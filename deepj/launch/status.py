@@ -12,7 +12,7 @@ import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
-from deepj import checkpoint
+from deepj.training import checkpoint
 
 FINISHED, UNFINISHED, NOT_A_RUN = 0, 1, 2  # exit statuses of `python -m deepj.launch status`
 

@@ -1,9 +1,9 @@
 """The listening page of a fidelity evaluation: per style, real and generated piano rolls and audio next to the
 classifier's verdict and the music statistics; the confusion matrices and the blend curve on top.
 
-`deepj.fidelity` calls `export_pieces`, `confusion_png`, `blend_png` and `write_page`; `python -m deepj.listening
+`deepj.fidelity` calls `export_pieces`, `confusion_png`, `blend_png` and `write_page`; `python -m deepj.evaluation.listening
 EVAL_DIR` rebuilds `index.html` from an existing `fidelity.json`. Every link is relative to the page's folder, so the
-folder can be copied or served as it is. Audio is WAV through FluidSynth (`deepj.render`), where it is installed; MIDI
+folder can be copied or served as it is. Audio is WAV through FluidSynth (`deepj.music.render`), where it is installed; MIDI
 files are always linked.
 """
 
@@ -17,10 +17,10 @@ from pathlib import Path
 
 import numpy as np
 
-from deepj.midi_io import write_midi
-from deepj.render import audio_available, render_wav, save_png
-from deepj.representation import ReprConfig, notes_to_roll, roll_to_notes
-from deepj.styles import slug
+from deepj.music.midi_io import write_midi
+from deepj.music.render import audio_available, render_wav, save_png
+from deepj.music.representation import ReprConfig, notes_to_roll, roll_to_notes
+from deepj.music.styles import slug
 
 PAGE = "index.html"
 
@@ -114,7 +114,7 @@ def write_report(report: dict, out: Path, pieces: dict, rcfg: ReprConfig, *, lis
     `pieces[level]` holds `rolls` (styles, num, T, N, 3) in `generated_styles` order, `real_notes` and `sets`
     (real and generated `musicstats.StatSet`) per style; `pieces["blend"]` the blend's rolls (weights, num, T, N, 3).
     """
-    from deepj import musicstats
+    from deepj.evaluation import musicstats
 
     out.mkdir(parents=True, exist_ok=True)
     window = report["window_steps"]
@@ -320,7 +320,7 @@ def report_markdown(report: dict) -> str:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m deepj.listening", description="Rebuild index.html from fidelity.json.")
+    p = argparse.ArgumentParser(prog="python -m deepj.evaluation.listening", description="Rebuild index.html from fidelity.json.")
     p.add_argument("eval_dir", help="the output folder of python -m deepj.fidelity (holding fidelity.json)")
     args = p.parse_args(argv)
     src = Path(args.eval_dir) / "fidelity.json"

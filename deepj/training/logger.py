@@ -106,7 +106,7 @@ class RunLogger:
 
 
 def warn0(message: str) -> None:
-    from deepj.dist import info
+    from deepj.training.dist import info
 
     if info().is_main:
         print(f"warning: {message}", file=sys.stderr, flush=True)

@@ -12,8 +12,8 @@ from typing import Literal
 
 import numpy as np
 
-from deepj.constants import MAX_VELOCITY, STEPS_PER_BEAT
-from deepj.representation import ReprConfig, quantize
+from deepj.music.constants import MAX_VELOCITY, STEPS_PER_BEAT
+from deepj.music.representation import ReprConfig, quantize
 
 Parser = Literal["symusic", "pretty_midi"]
 MIDI_MAGIC = b"MThd"

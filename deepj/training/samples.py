@@ -9,13 +9,13 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from deepj.constants import STEPS_PER_BAR
-from deepj.metrics import RunLogger, warn0
-from deepj.midi_io import write_midi
-from deepj.render import audio_available, read_wav_mono, render_wav, roll_image
-from deepj.representation import ReprConfig, roll_to_notes
+from deepj.music.constants import STEPS_PER_BAR
+from deepj.music.midi_io import write_midi
+from deepj.music.render import audio_available, read_wav_mono, render_wav, roll_image
+from deepj.music.representation import ReprConfig, roll_to_notes
+from deepj.music.styles import StyleTree
 from deepj.sampling import SampleConfig, generate
-from deepj.styles import StyleTree
+from deepj.training.logger import RunLogger, warn0
 
 _warned_audio = False
 

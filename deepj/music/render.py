@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from deepj.constants import PLAY, REPLAY, STEPS_PER_BAR, VOLUME
+from deepj.music.constants import PLAY, REPLAY, STEPS_PER_BAR, VOLUME
 
 SOUNDFONT_PATHS = (
     "/usr/share/sounds/sf2/FluidR3_GM.sf2",

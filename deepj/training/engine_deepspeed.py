@@ -1,4 +1,4 @@
-"""DeepSpeed behind the same `Engine` protocol as DDP (deepj/engine.py), with its own collective checkpoint.
+"""DeepSpeed behind the same `Engine` protocol as DDP (deepj/training/engine.py), with its own collective checkpoint.
 
 Our config stays the single source of truth: micro-batch, accumulation, global batch, gradient clipping and precision
 are written into the DeepSpeed config taken from `train.deepspeed_config` (ZeRO stage and the like), so the two can
@@ -15,8 +15,8 @@ from pathlib import Path
 
 import torch
 
-from deepj.dist import DistInfo
-from deepj.engine import check_precision
+from deepj.training.dist import DistInfo
+from deepj.training.engine import check_precision
 
 DS_TAG = "deepspeed"  # sub-folder of our step folder that holds DeepSpeed's own checkpoint
 

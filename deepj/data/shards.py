@@ -17,8 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
-from deepj.manifest import ShardEntry, ShardError
-from deepj.representation import NOTE_DTYPE, empty_notes
+from deepj.data.manifest import ShardEntry, ShardError
+from deepj.music.representation import NOTE_DTYPE, empty_notes
 
 NOTES_KEY = "notes.bin"
 META_KEY = "json"

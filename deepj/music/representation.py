@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from deepj.constants import (
+from deepj.music.constants import (
     DEFAULT_MAX_PITCH,
     DEFAULT_MIN_PITCH,
     MAX_VELOCITY,

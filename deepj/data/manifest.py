@@ -16,9 +16,9 @@ from typing import Any
 
 import numpy as np
 
-from deepj.constants import STEPS_PER_BEAT
-from deepj.representation import ReprConfig
-from deepj.styles import StyleTree
+from deepj.music.constants import STEPS_PER_BEAT
+from deepj.music.representation import ReprConfig
+from deepj.music.styles import StyleTree
 
 MANIFEST = "manifest.json"
 FORMAT_VERSION = 1

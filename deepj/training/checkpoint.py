@@ -29,11 +29,11 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from deepj import dist
 from deepj.config import ConfigError, from_dict, require
 from deepj.model import DeepJ, ModelConfig
-from deepj.representation import ReprConfig
-from deepj.styles import StyleTree
+from deepj.music.representation import ReprConfig
+from deepj.music.styles import StyleTree
+from deepj.training import dist
 
 STEP_RE = re.compile(r"^step-(\d{8})$")
 COMPLETE = "COMPLETE"

@@ -10,11 +10,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from deepj.checkpoint import CheckpointConfig
 from deepj.config import require
-from deepj.data import DataConfig
+from deepj.data.loader import DataConfig
 from deepj.model import ModelConfig
-from deepj.optim import OptimConfig
+from deepj.training.checkpoint import CheckpointConfig
+from deepj.training.optim import OptimConfig
 
 
 @dataclass

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from deepj.constants import PLAY, REPLAY, VOLUME
+from deepj.music.constants import PLAY, REPLAY, VOLUME
 
 
 def deepj_loss(out: Tensor, target: Tensor, play_only: bool = False) -> tuple[Tensor, dict[str, Tensor]]:
@@ -32,7 +32,7 @@ def deepj_loss(out: Tensor, target: Tensor, play_only: bool = False) -> tuple[Te
     {"play"} when `play_only`, where total is the play term alone).
     """
     if out.shape != target.shape:
-        raise ValueError(f"deepj.loss: output shape {tuple(out.shape)} != target shape {tuple(target.shape)}")
+        raise ValueError(f"deepj.training.loss: output shape {tuple(out.shape)} != target shape {tuple(target.shape)}")
     # fp16/bf16 outputs are upcast; float64 (the gradient-equivalence tests) stays float64.
     dtype = torch.float64 if out.dtype == torch.float64 else torch.float32
     out, target = out.to(dtype), target.to(dtype)
@@ -63,4 +63,4 @@ def play_nll_sum(out: Tensor, target: Tensor, reduction: str = "mean") -> Tensor
         return per_frame.mean()
     if reduction == "sum":
         return per_frame.sum()
-    raise ValueError(f"deepj.loss.play_nll_sum: reduction must be 'mean' or 'sum', got {reduction!r}")
+    raise ValueError(f"deepj.training.loss.play_nll_sum: reduction must be 'mean' or 'sum', got {reduction!r}")

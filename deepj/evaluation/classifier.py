@@ -16,8 +16,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from deepj.constants import PITCH_CLASSES, PLAY, STEPS_PER_BAR
-from deepj.representation import ReprConfig, roll_to_notes
+from deepj.music.constants import PITCH_CLASSES, PLAY, STEPS_PER_BAR
+from deepj.music.representation import ReprConfig, roll_to_notes
 
 # Krumhansl-Kessler key profiles, tonic first.
 KK_MAJOR = np.array([6.35, 2.23, 3.48, 2.33, 4.38, 4.09, 2.52, 5.19, 2.39, 3.66, 2.29, 2.88])
@@ -106,7 +106,7 @@ def window_features(roll: np.ndarray, cfg: ReprConfig) -> np.ndarray:
     for values in (notes["end"].astype(np.int64) - starts, np.diff(np.unique(starts))):
         h = np.bincount(np.searchsorted(DUR_BINS, values, side="right") - 1, minlength=len(DUR_BINS)).astype(float)
         f.append(h / h.sum() if h.sum() else h)
-    # Range, pitch classes used, and scale consistency (as in deepj.musicstats).
+    # Range, pitch classes used, and scale consistency (as in deepj.evaluation.musicstats).
     if len(notes):
         hist = np.bincount(notes["pitch"].astype(np.int64) % PITCH_CLASSES, minlength=PITCH_CLASSES)
         scale = max(hist[[(t + d) % 12 for d in (0, 2, 4, 5, 7, 9, 11)]].sum() for t in range(12)) / len(notes)

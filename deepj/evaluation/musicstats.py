@@ -28,8 +28,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from deepj.constants import PITCH_CLASSES, STEPS_PER_BAR
-from deepj.representation import ReprConfig, roll_to_notes
+from deepj.music.constants import PITCH_CLASSES, STEPS_PER_BAR
+from deepj.music.representation import ReprConfig, roll_to_notes
 
 MAJOR_SCALE = (0, 2, 4, 5, 7, 9, 11)  # semitones above the tonic
 # Scalar statistics, per piece (the OA of each is computed with a KDE).

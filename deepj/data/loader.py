@@ -46,10 +46,10 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from webdataset.tariterators import group_by_keys, tar_file_expander
 
 from deepj.config import ConfigError
-from deepj.constants import STEPS_PER_BAR
-from deepj.manifest import Manifest, ShardEntry, ShardError, windows_per_piece
-from deepj.representation import ReprConfig, notes_to_roll, replay_flags
-from deepj.shards import META_KEY, NOTES_KEY, decode_notes
+from deepj.data.manifest import Manifest, ShardEntry, ShardError, windows_per_piece
+from deepj.data.shards import META_KEY, NOTES_KEY, decode_notes
+from deepj.music.constants import STEPS_PER_BAR
+from deepj.music.representation import ReprConfig, notes_to_roll, replay_flags
 
 STATE_VERSION = 1
 

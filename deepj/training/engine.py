@@ -19,11 +19,11 @@ import torch
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
-from deepj.dist import DistInfo
-from deepj.optim import OptimConfig, build_optimizer, build_scheduler
+from deepj.training.dist import DistInfo
+from deepj.training.optim import OptimConfig, build_optimizer, build_scheduler
 
 if TYPE_CHECKING:
-    from deepj.train_config import TrainLoopConfig
+    from deepj.training.config import TrainLoopConfig
 
 Precision = Literal["fp32", "bf16", "fp16"]
 
@@ -73,7 +73,7 @@ def build_engine(model: nn.Module, train: TrainLoopConfig, optim: OptimConfig, i
     optimizer = build_optimizer(model.parameters(), optim)
     scheduler = build_scheduler(optimizer, optim, train.max_steps)
     if train.backend == "deepspeed":
-        from deepj.engine_deepspeed import DeepSpeedEngine
+        from deepj.training.engine_deepspeed import DeepSpeedEngine
 
         return DeepSpeedEngine(model, optimizer, scheduler, train=train, grad_clip=optim.grad_clip, info=info,
                                accumulation=accumulation)

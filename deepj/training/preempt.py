@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import signal
 
-from deepj import dist
+from deepj.training import dist
 
 PREEMPTED_EXIT = 75  # EX_TEMPFAIL (sysexits.h): a temporary failure, run me again
 SIGNALS = (signal.SIGTERM, signal.SIGUSR2)
