@@ -1,5 +1,5 @@
-"""The streaming loader against pitfalls.md items 1-6: equal batches per rank, coverage, workers, resume, elastic
-world sizes, transposition, bounded worker memory, and bad shards. Tiny windows (seq_len 8, stride 4) keep it fast."""
+"""The streaming loader against docs/design.md, distributed pitfalls 1-6: equal batches per rank, coverage, workers,
+resume, elastic world sizes, transposition, bounded worker memory, and bad shards. Tiny windows (seq_len 8, stride 4) keep it fast."""
 
 from __future__ import annotations
 
@@ -18,13 +18,12 @@ from shardgen import STYLES, dense_piece, random_piece, replicate, write_corpus
 from deepj.config import ConfigError
 from deepj.data.loader import (
     DataConfig,
-    ShardError,
     ShardSkipped,
     StreamingLoader,
     accumulation_steps,
     validation_batches,
 )
-from deepj.data.manifest import Manifest
+from deepj.data.manifest import Manifest, ShardError
 from deepj.music.representation import ReprConfig, notes_to_roll
 
 SEQ, STRIDE = 8, 4
@@ -92,7 +91,7 @@ def deadline(seconds: float):
         signal.signal(signal.SIGALRM, old)
 
 
-# -- item 1: equal batches per rank ---------------------------------------------------------------------------------
+# -- docs/design.md, distributed pitfall 1: equal batches per rank -----------------------------------------------------
 def test_ranks_get_equal_batches_over_uneven_shards(corpus):
     d, _, manifest = corpus
     shard_windows = [sum(max(1, (t - SEQ) // STRIDE + 1) for t in s.piece_steps) for s in manifest.split("train")]
@@ -124,7 +123,7 @@ def test_one_shard_two_ranks_two_workers(tmp_path):
     assert len(set(seen[0] + seen[1])) == 16
 
 
-# -- item 3: every window once, the order a function of (seed, epoch) -------------------------------------------------
+# -- docs/design.md, distributed pitfall 3: every window once, the order a function of (seed, epoch) -------------------
 @pytest.mark.parametrize("world, micro", [(1, 3), (2, 3), (3, 2)])
 def test_epoch_covers_every_window_once(corpus, world, micro):
     d, _, manifest = corpus
@@ -156,7 +155,7 @@ def test_order_independent_of_world_size_and_changes_with_seed(corpus):
     assert sorted(a.tolist()) == list(range(len(a)))
 
 
-# -- item 4: workers change nothing ---------------------------------------------------------------------------------
+# -- docs/design.md, distributed pitfall 4: workers change nothing -----------------------------------------------------
 @pytest.mark.slow
 @pytest.mark.filterwarnings("ignore:This DataLoader will create 3 worker processes")
 def test_same_batches_for_0_1_3_workers(corpus):
@@ -172,7 +171,7 @@ def test_same_batches_for_0_1_3_workers(corpus):
         assert_same(epoch1, runs[0][2])
 
 
-# -- item 5: resume bit for bit ---------------------------------------------------------------------------------------
+# -- docs/design.md, distributed pitfall 5: resume bit for bit ---------------------------------------------------------
 def roundtrip(state, tmp_path):
     """Through a weights_only checkpoint, as the trainer stores it."""
     torch.save({"data": state}, tmp_path / "ckpt.pt")
@@ -223,7 +222,7 @@ def test_state_refusals(corpus):
         next(it)
 
 
-# -- item 6: elastic world size ------------------------------------------------------------------------------------
+# -- docs/design.md, distributed pitfall 6: elastic world size ---------------------------------------------------------
 def rest_of_epoch(loaders) -> list[list[tuple[int, int]]]:
     """Windows per optimizer step, over all ranks, for the rest of the current epoch."""
     acc = loaders[0].accumulation
