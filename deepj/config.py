@@ -141,7 +141,8 @@ def _set_path(tree: dict[str, Any], cls: type, dotted: str, raw: str) -> None:
         typ = types_[part]
         if i == len(parts) - 1:
             if dataclasses.is_dataclass(typ):
-                raise ConfigError(f"{here} is a section; set one of its keys, e.g. {here}.{next(iter(_field_types(typ)))}=...")
+                example = next(iter(_field_types(typ)))
+                raise ConfigError(f"{here} is a section; set one of its keys, e.g. {here}.{example}=...")
             node[part] = _coerce(raw, typ, here)
         else:
             if not dataclasses.is_dataclass(typ):

@@ -1,12 +1,12 @@
 """Held-out likelihood of a trained DeepJ: `python -m deepj.evaluate RUN_OR_CHECKPOINT --data SHARDS [--split val]`.
 
 Windows of `--seq-len` steps (default: the checkpoint's data.seq_len) are cut from the split's shards by
-`deepj.data.loader.validation_batches` (deterministic, no transposition, no augmentation) and run with teacher forcing, in
-eval mode. `--batches N` scores N micro-batches spread evenly over the split; `--batches 0` (default) is a full pass
-over all its windows, each once. Windows start every `--stride` steps (default = seq_len: consecutive, so each step of
-a piece is scored once, except a piece's last partial window, which is not scored). A window's first step is predicted
-from the piece's true previous step (zeros at the piece start) from a zero LSTM state, as in training. Steps beyond
-a piece's end (a piece shorter than a window is padded with silence) are not scored.
+`deepj.data.loader.validation_batches` (deterministic, no transposition, no augmentation) and run with teacher forcing,
+in eval mode. `--batches N` scores N micro-batches spread evenly over the split; `--batches 0` (default) is a full pass
+over all its windows, each once. Windows start every `--stride` steps (default = seq_len: consecutive, so each step of a
+piece is scored once, except a piece's last partial window, which is not scored). A window's first step is predicted
+from the piece's true previous step (zeros at the piece start) from a zero LSTM state, as in training. Steps beyond a
+piece's end (a piece shorter than a window is padded with silence) are not scored.
 
 Definitions, over the scored note-steps S (every note of every scored step), the scored frames F (steps: |S| = N|F|)
 and the played note-steps P (target play = 1), with z the model's logits and y the targets:
@@ -177,7 +177,8 @@ def evaluate(model, meta: CheckpointMeta, data_dir: str | Path, split: str = "va
     for i, batch in enumerate(validation_batches(cfg, micro_batch=batch_size, rank=0, world_size=1,
                                                  num_batches=num_batches, split=split)):
         if "window" not in batch:
-            raise EvalError("deepj.data.loader batches lack the 'window' field (piece, start, shift) needed to mask padding")
+            raise EvalError("deepj.data.loader batches lack the 'window' field (piece, start, shift) needed to mask "
+                            "padding")
         piece, start = batch["window"][:, 0].numpy(), batch["window"][:, 1].numpy()
         valid = np.clip(steps[piece] - start, 0, seq_len)  # (B,) real steps in each window
         if full:  # rows past the split's last window are wrapped repeats

@@ -160,7 +160,7 @@ def generate_rolls(model, vectors: torch.Tensor, num: int, steps: int, sample: S
     gen = torch.Generator(device=device).manual_seed(seed)
     cfg = dataclasses.replace(sample, steps=lead + steps)
     # One CPU thread: sampling is a long chain of small ops; on a shared 2-core machine a second thread made it
-    # ~100x slower (261 s against 1.8 s for 32 pieces), and alone it gains little.
+    # far slower, and alone it gains little.
     with one_thread() if device == "cpu" else nullcontext():
         rolls = [generate(model, style[i : i + chunk].to(device), cfg, gen)[:, lead:].numpy()
                  for i in range(0, len(style), chunk)]

@@ -1,4 +1,4 @@
-"""Generate music in a style or a blend: `python -m deepj.generate RUN_OR_CHECKPOINT --style baroque --style chopin=0.3`.
+"""Generate music in a style or blend: `python -m deepj.generate RUN_OR_CHECKPOINT --style baroque --style chopin=0.3`.
 
 Needs only a run folder or checkpoint: the model config, style vocabulary and pitch range are stored in every
 checkpoint. Writes per piece a MIDI file (pretty_midi, 120 bpm), a PNG piano roll and, with --wav, audio (FluidSynth).

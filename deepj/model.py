@@ -1,6 +1,6 @@
 """DeepJ (Mao, Shin & Cottrell, ICSC 2018): the style-conditioned biaxial LSTM. `ModelConfig` and the module only.
 
-The architecture is exactly /work/shared/reference/deepj.md, read from the authors' Keras code (calclavia/DeepJ,
+The architecture is the one in docs/design.md#the-model, read from the authors' Keras code (calclavia/DeepJ,
 branch `icsc`), with these decisions:
 - the same-pitch-class count is computed correctly (the original's reshape scrambled batch, time and pitch);
 - the volume head is a sigmoid when `bounded_volume` (the original's was linear, so volumes could leave [0, 1]);
@@ -38,10 +38,11 @@ LSTMState = list[tuple[Tensor, Tensor]]
 def dropout(x: Tensor, p: float, training: bool) -> Tensor:
     """`F.dropout`, with masks drawn from 16-bit random integers on CPU.
 
-    On CPU, `F.dropout`'s per-element Bernoulli draws took 27% of a bf16 training step of the demo model (10 masks
-    over (B, T, N, F) tensors per pass); four 16-bit draws per 64-bit random integer cost a tenth of that. The drop
-    rate becomes round(p * 65536) / 65536 (within 1e-5 of p) and the kept values are scaled by the exact inverse of
-    the keep rate, so the expectation is unchanged. Other devices use `F.dropout`.
+    On CPU, `F.dropout` draws one Bernoulli per element, a large share of a training step of the demo model (10 masks
+    over (B, T, N, F) tensors per pass); four 16-bit draws per 64-bit random integer cost far less (measured:
+    docs/benchmarks.md, training step on CPU). The drop rate becomes round(p * 65536) / 65536 (within 1e-5 of p) and
+    the kept values are scaled by the exact inverse of the keep rate, so the expectation is unchanged. Other devices
+    use `F.dropout`.
     """
     if not training or p == 0.0:
         return x

@@ -99,7 +99,7 @@ def _work(task: tuple[str, int, int, int, str]) -> tuple[bool, Any]:
         notes = process_file(path, ReprConfig(min_pitch, max_pitch), min_steps, parser)
     except MidiError as e:
         return False, (e.reason, e.detail)
-    except Exception as e:  # a reader bug must not end a run over 100k files; it is reported with its type
+    except Exception as e:  # noqa: BLE001 (a reader bug must not end a run over 100k files; reported with its type)
         return False, ("error", f"{type(e).__name__}: {e}"[:300])
     # Encoded in the worker: ~2 bytes per note cross the process boundary instead of 10.
     return True, (encode_notes(notes), num_steps(notes), len(notes))

@@ -20,7 +20,7 @@ def write_random_piece(path: Path, rng: np.random.Generator, bars: int, low: int
 
     pm = pretty_midi.PrettyMIDI(initial_tempo=tempo)
     sec_per_step = 60.0 / tempo / 4
-    for voice in range(2):
+    for _voice in range(2):
         inst = pretty_midi.Instrument(program=0)
         t, pitch = 0, int(rng.integers(low, high))
         while t < bars * 16:
@@ -48,7 +48,8 @@ def run_cli(*args: str, timeout: int = 600, env_extra: dict | None = None, check
     env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env_extra or {})}
     res = subprocess.run([sys.executable, *args], cwd=REPO, capture_output=True, text=True, timeout=timeout, env=env)
     if check and res.returncode != 0:
-        raise AssertionError(f"{' '.join(args)} exited {res.returncode}\nstdout:\n{res.stdout[-4000:]}\nstderr:\n{res.stderr[-4000:]}")
+        raise AssertionError(f"{' '.join(args)} exited {res.returncode}\nstdout:\n{res.stdout[-4000:]}"
+                             f"\nstderr:\n{res.stderr[-4000:]}")
     return res
 
 

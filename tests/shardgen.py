@@ -29,8 +29,9 @@ def random_piece(rng: np.random.Generator, steps: int, density: float = 0.5, max
     return merge(pitch, start, end, rng.integers(1, 128, k + 1))
 
 
-def dense_piece(rng: np.random.Generator, steps: int, cfg: ReprConfig = ReprConfig()) -> np.ndarray:
+def dense_piece(rng: np.random.Generator, steps: int, cfg: ReprConfig | None = None) -> np.ndarray:
     """Every pitch re-struck every step: num_notes * steps notes, the densest canonical piece (for memory tests)."""
+    cfg = ReprConfig() if cfg is None else cfg
     n = cfg.num_notes
     start = np.repeat(np.arange(steps), n)
     pitch = np.tile(np.arange(cfg.min_pitch, cfg.max_pitch), steps)
@@ -38,7 +39,8 @@ def dense_piece(rng: np.random.Generator, steps: int, cfg: ReprConfig = ReprConf
 
 
 def write_manifest(out_dir: Path, entries: list[ShardEntry], styles: list[str],
-                   cfg: ReprConfig = ReprConfig()) -> Manifest:
+                   cfg: ReprConfig | None = None) -> Manifest:
+    cfg = ReprConfig() if cfg is None else cfg
     totals: dict = {"files_seen": sum(e.pieces for e in entries), "files_skipped": 0}
     for split in sorted({e.split for e in entries}):
         mine = [e for e in entries if e.split == split]

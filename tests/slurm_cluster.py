@@ -1,10 +1,10 @@
 """A real one-node Slurm for tests: munged, slurmctld and slurmd started as root on this machine, in a private folder.
 
-Facts this rests on (pitfalls.md item 12): Debian's `slurm-wlm` 22.05 and `munge`; every daemon as root
-(`SlurmUser=root`); `ProctrackType=proctrack/linuxproc` and `TaskPlugin=task/none`, so no cgroup set-up is needed;
-`SelectType=select/cons_tres`. Everything lives under one folder (config, state, spool, logs, the munge key and
-socket) and the daemons listen on non-default ports, so a Slurm or munged already on the machine is left alone.
-Client commands find this cluster through `SLURM_CONF` (use `cluster.env`).
+Facts this rests on (docs/design.md, distributed pitfall 12): Debian's `slurm-wlm` 22.05 and `munge`; every daemon as
+root (`SlurmUser=root`); `ProctrackType=proctrack/linuxproc` and `TaskPlugin=task/none`, so no cgroup set-up is needed;
+`SelectType=select/cons_tres`. Everything lives under one folder (config, state, spool, logs, the munge key and socket)
+and the daemons listen on non-default ports, so a Slurm or munged already on the machine is left alone. Client commands
+find this cluster through `SLURM_CONF` (use `cluster.env`).
 
     cluster = SlurmCluster(Path("/tmp/x")); cluster.start(); ...; cluster.stop()
 
@@ -32,7 +32,7 @@ class SlurmClusterError(RuntimeError):
 
 def unavailable_reason() -> str | None:
     if os.geteuid() != 0:
-        return "the one-node Slurm runs its daemons as root; this test runs as uid %d" % os.geteuid()
+        return f"the one-node Slurm runs its daemons as root; this test runs as uid {os.geteuid()}"
     if all(shutil.which(d) for d in DAEMONS) and shutil.which("sbatch"):
         return None
     if not shutil.which("apt-get"):

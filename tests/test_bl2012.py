@@ -29,7 +29,7 @@ from deepj.model import DeepJ, ModelConfig
 from deepj.music.constants import PLAY
 from deepj.training.checkpoint import CheckpointMeta, load_model
 
-# The datasets live beside the repository (../shared/data/bl2012); a clone elsewhere finds them through
+# The datasets live in the shared data folder beside the repository; a clone elsewhere finds them through
 # $DEEPJ_BL2012_DIR or the project's fixed location.
 _CANDIDATES = [Path(os.environ["DEEPJ_BL2012_DIR"])] if os.environ.get("DEEPJ_BL2012_DIR") else []
 _CANDIDATES += [Path(__file__).resolve().parents[2] / "shared" / "data" / "bl2012", Path("/work/shared/data/bl2012")]
@@ -37,7 +37,7 @@ DATA = next((d for d in _CANDIDATES if (d / "JSB_Chorales.mat").is_file()), _CAN
 JSB = DATA / "JSB_Chorales.mat"
 needs_data = pytest.mark.skipif(not JSB.is_file(), reason=f"BL2012 data not found in {DATA}")
 
-# From /work/shared/data/README.md: pieces train / valid / test and test frames.
+# From the shared data folder's README: pieces train / valid / test and test frames.
 README_COUNTS = {
     "JSB_Chorales.mat": (229, 76, 77, 4725),
     "Piano_midi.mat": (87, 12, 25, 19036),

@@ -1,5 +1,6 @@
 """The streaming loader against docs/design.md, distributed pitfalls 1-6: equal batches per rank, coverage, workers,
-resume, elastic world sizes, transposition, bounded worker memory, and bad shards. Tiny windows (seq_len 8, stride 4) keep it fast."""
+resume, elastic world sizes, transposition, bounded worker memory, and bad shards. Tiny windows (seq_len 8, stride 4)
+keep it fast."""
 
 from __future__ import annotations
 
@@ -181,8 +182,10 @@ def roundtrip(state, tmp_path):
 @pytest.mark.parametrize("workers", [0, pytest.param(2, marks=pytest.mark.slow)])
 def test_resume_chain_is_bit_identical(corpus, tmp_path, workers):
     d, _, _ = corpus
-    make = lambda: StreamingLoader(cfg_for(d, workers=workers), micro_batch=2, global_batch=8, world_size=2, rank=1,
-                                   seed=3)
+
+    def make():
+        return StreamingLoader(cfg_for(d, workers=workers), micro_batch=2, global_batch=8, world_size=2, rank=1, seed=3)
+
     ref_loader = make()
     acc, spe = ref_loader.accumulation, ref_loader.steps_per_epoch()
     # Stops: mid-epoch, exactly at the epoch's end, one step into epoch 1; then run on.
@@ -268,8 +271,9 @@ def test_resume_with_another_global_batch_continues_from_consumed(corpus):
 
 
 # -- windows, beat, style and transposition ---------------------------------------------------------------------------
-def reference_window(notes, s, shift, cfg=ReprConfig()):
+def reference_window(notes, s, shift, cfg=None):
     """(L+1, N, 3) rows for steps [s-1, s+L), cut from the whole piece without the loader's shortcuts."""
+    cfg = ReprConfig() if cfg is None else cfg
     roll = notes_to_roll(notes, cfg, 0, s + SEQ, shift)
     return np.concatenate([np.zeros((1, *roll.shape[1:]), np.float32), roll])[s:]
 
@@ -316,7 +320,10 @@ def test_no_transposition_when_off(corpus, kw):
 def test_validation_batches_are_fixed_and_spread(corpus):
     d, pieces, manifest = corpus
     cat = catalogue(manifest, "val")  # 9 + 1 + 24 = 34 windows
-    run = lambda r, n: list(validation_batches(cfg_for(d), micro_batch=4, rank=r, world_size=2, num_batches=n))
+
+    def run(r, n):
+        return list(validation_batches(cfg_for(d), micro_batch=4, rank=r, world_size=2, num_batches=n))
+
     a, b = run(0, 4), run(1, 4)
     assert_same(a, run(0, 4))
     seen = wins(a) + wins(b)

@@ -1,5 +1,6 @@
-"""The DeepSpeed backend behind the same seam: gradient equivalence (pitfall 14), ZeRO 0/1/2, collective checkpoint
-save and resume (pitfall 8). DeepSpeed runs on the CPU here with DS_ACCELERATOR=cpu and gloo."""
+"""The DeepSpeed backend behind the same seam: gradient equivalence (docs/design.md, distributed pitfall 14), ZeRO
+0/1/2, collective checkpoint save and resume (distributed pitfall 8). DeepSpeed runs on the CPU here with
+DS_ACCELERATOR=cpu and gloo."""
 
 from __future__ import annotations
 
@@ -38,8 +39,8 @@ def _ds_worker(rank: int, world: int, port: int, stage: int, out_file: str) -> N
     torch.manual_seed(0)
     model = DeepJ(TINY)
     opt = build_optimizer(model.parameters(), optim)
-    engine = DeepSpeedEngine(model, opt, build_scheduler(opt, optim, 10), train=cfg.train, grad_clip=cfg.optim.grad_clip,
-                             info=info, accumulation=2)
+    engine = DeepSpeedEngine(model, opt, build_scheduler(opt, optim, 10), train=cfg.train,
+                             grad_clip=cfg.optim.grad_clip, info=info, accumulation=2)
     prev, target, beat, style = (x.float() if x.is_floating_point() else x for x in global_batch())
     lo = rank * 8  # global batch 16 = micro 4 x accumulation 2 x world 2
     micro = [tuple(x[lo + 4 * m: lo + 4 * m + 4] for x in (prev, target, beat, style)) for m in range(2)]

@@ -1,5 +1,6 @@
-"""Runs that survive (pitfalls 5-13, 16): kills anywhere, during a save too; chained resumes; a signal to one rank;
-a restart on the same port after kill -9; another world size; a malicious checkpoint. Real torchrun, gloo, CPU."""
+"""Runs that survive (docs/design.md, distributed pitfalls 5-13 and 16): kills anywhere, during a save too; chained
+resumes; a signal to one rank; a restart on the same port after kill -9; another world size; a malicious checkpoint;
+two nodes on one machine. Real torchrun, gloo, CPU."""
 
 from __future__ import annotations
 
@@ -70,8 +71,9 @@ def kill_job(proc: subprocess.Popen) -> str:
 
 
 def test_killed_anywhere_and_resumed_equals_uninterrupted(tiny_shards, tmp_path):
-    """Pitfalls 5, 7, 9, 16: SIGKILL in the middle of a save (two places), and at an arbitrary moment; three chained
-    resumes by hand; the final weights equal an uninterrupted run's bit for bit, TensorBoard keeps each step once."""
+    """docs/design.md, distributed pitfalls 5, 7, 9, 16: SIGKILL in the middle of a save (two places), and at an
+    arbitrary moment; three chained resumes by hand; the final weights equal an uninterrupted run's bit for bit,
+    TensorBoard keeps each step once."""
     ref, run = tmp_path / "ref", tmp_path / "run"
     res = torchrun(*args(tiny_shards, ref))
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
@@ -131,7 +133,8 @@ def worker_pids(proc: subprocess.Popen) -> dict[int, int]:
 
 @pytest.mark.parametrize("sig", [signal.SIGUSR2, signal.SIGTERM])
 def test_signal_to_one_rank_stops_all_at_the_same_step(tiny_shards, tmp_path, sig):
-    """Pitfall 11: the signal reaches rank 1 only; both ranks save the same step and exit 75 (PREEMPTED_EXIT)."""
+    """docs/design.md, distributed pitfall 11: the signal reaches rank 1 only; both ranks save the same step and exit 75
+    (PREEMPTED_EXIT)."""
     run = tmp_path / "run"
     proc = start_torchrun(args(tiny_shards, run, "train.max_steps=100000", "checkpoint.every=4"))
     wait_for(run / "step-00000004", proc)
@@ -156,7 +159,8 @@ def test_signal_to_one_rank_stops_all_at_the_same_step(tiny_shards, tmp_path, si
 
 
 def test_restart_on_the_same_port_right_after_kill_9(tiny_shards, tmp_path):
-    """Pitfall 13: nothing a killed job leaves behind (its port, shared memory) blocks an immediate restart."""
+    """docs/design.md, distributed pitfall 13: nothing a killed job leaves behind (its port, shared memory) blocks an
+    immediate restart."""
     run, port = tmp_path / "run", free_port()
     proc = start_torchrun(args(tiny_shards, run, "train.max_steps=100000"), port=port)
     wait_for(run / "step-00000004", proc)
@@ -168,7 +172,7 @@ def test_restart_on_the_same_port_right_after_kill_9(tiny_shards, tmp_path):
 
 
 def test_resume_at_another_world_size_keeps_the_global_batch(tiny_shards, tmp_path):
-    """Pitfall 6: 2 -> 1 -> 2 ranks; the accumulation changes so that the global batch stays 8."""
+    """docs/design.md, distributed pitfall 6: 2 -> 1 -> 2 ranks; the accumulation changes, the global batch stays 8."""
     run = tmp_path / "run"
     res = torchrun(*args(tiny_shards, run, "train.max_steps=4"), nproc=2)
     assert res.returncode == 0 and "accumulation 1 x world 2" in res.stdout
@@ -188,7 +192,8 @@ class _Exploit:
 
 
 def test_malicious_checkpoint_is_refused(tiny_shards, tmp_path, monkeypatch):
-    """Pitfall 10: a train.pt that would run code when unpickled is refused by weights_only loading."""
+    """docs/design.md, distributed pitfall 10: a train.pt that would run code when unpickled is refused by weights_only
+    loading."""
     run = tmp_path / "run"
     res = torchrun(*args(tiny_shards, run, "train.max_steps=4"))
     assert res.returncode == 0
@@ -211,7 +216,8 @@ def test_malicious_checkpoint_is_refused(tiny_shards, tmp_path, monkeypatch):
     res = run_cli("-m", "deepj.generate", str(run), "--style", "baroque", "--out", str(tmp_path / "g"),
                   env_extra={"DEEPJ_PWNED": str(pwned)})
     assert res.returncode != 0 and "refusing to load" in res.stderr
-    res = run_cli("-m", "deepj.train", *args(tiny_shards, run, "train.max_steps=8"), env_extra={"DEEPJ_PWNED": str(pwned)})
+    res = run_cli("-m", "deepj.train", *args(tiny_shards, run, "train.max_steps=8"),
+                  env_extra={"DEEPJ_PWNED": str(pwned)})
     assert res.returncode != 0 and "refusing to load" in (res.stdout + res.stderr)
     assert not pwned.exists()
 
@@ -224,7 +230,8 @@ def test_checkpoint_of_another_corpus_or_shape_is_refused(tiny_shards, tmp_path)
 
 
 def test_two_nodes_on_one_machine(tiny_shards, tmp_path):
-    """Item 6: torchrun --nnodes=2 --nproc_per_node=1 with c10d rendezvous, started twice, trains and resumes."""
+    """Two nodes on one machine (torchrun --nnodes=2 --nproc_per_node=1, c10d rendezvous): the job trains, and started
+    again with more steps it resumes from the first run's checkpoint."""
     run, port = tmp_path / "run", free_port()
 
     def nodes(max_steps: int):

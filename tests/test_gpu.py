@@ -1,6 +1,6 @@
-"""On a GPU (`pytest -m gpu`; skipped without CUDA): fp16/bf16 training steps and the dtypes they really use (pitfall
-15), a killed-and-resumed run of the real training entry against an uninterrupted one (pitfalls 5, 9), batched
-generation.
+"""On a GPU (`pytest -m gpu`; skipped without CUDA): fp16/bf16 training steps and the dtypes they really use, a
+killed-and-resumed run of the real training entry against an uninterrupted one (docs/design.md, distributed pitfalls
+5, 9 and 15), batched generation.
 
 `DEEPJ_TEST_DEVICE=cpu` runs the same tests on the CPU (the fp16 cases skip: fp16 autocast needs CUDA), to check the
 tests' own logic on a machine without a GPU. Unset (or `cuda`), every test here skips when torch sees no CUDA device.
@@ -216,7 +216,7 @@ def assert_restores_exactly(run: Path, step: int) -> None:
 
 @pytest.mark.parametrize("precision", PRECISIONS)
 def test_killed_and_resumed_run_matches_uninterrupted(tiny_shards, tmp_path, precision):
-    """Checkpoint and resume with the real entry on DEVICE (pitfalls 5, 9, 15).
+    """Checkpoint and resume with the real entry on DEVICE (docs/design.md, distributed pitfalls 5, 9, 15).
 
     A: 6 uninterrupted steps, checkpoints at 3 and 6. B: the same run, SIGKILLed right after its step-3 checkpoint
     is complete. C: B resumed (found by scanning the run folder) to step 6.

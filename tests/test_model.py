@@ -44,7 +44,7 @@ def test_default_parameter_count_by_hand():
         + linear(64, 128) + lstm(128, 128)  # note layer 2                          =     8,320 + 132,096
         + linear(128, 3)  # heads: play, replay, volume                             =       387
     )
-    assert expected == 1_272_548  # "about 1.27 M" (deepj.md)
+    assert expected == 1_272_548  # the paper: "about 1.27 M" (docs/design.md#outputs-and-sizes)
     assert DeepJ(ModelConfig(num_styles=S)).num_params() == expected
     assert ModelConfig().num_features == 94
 
@@ -334,7 +334,7 @@ def test_overfits_one_batch():
         loss.backward()
         opt.step()
     final, _ = deepj_loss(m(prev, target, beat, style), target)
-    assert final.item() <= 0.1 * first, (first, final.item())  # about 1.5 s on 2 CPU cores
+    assert final.item() <= 0.1 * first, (first, final.item())
 
 
 @pytest.mark.gpu

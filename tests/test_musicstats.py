@@ -1,5 +1,5 @@
-"""deepj.evaluation.musicstats: each statistic on a hand-made piece equals its hand-computed value; OA is 1 for identical
-distributions, 0 for disjoint ones, and matches the analytic overlap of two Gaussians."""
+"""deepj.evaluation.musicstats: each statistic on a hand-made piece equals its hand-computed value; OA is 1 for
+identical distributions, 0 for disjoint ones, and matches the analytic overlap of two Gaussians."""
 
 from __future__ import annotations
 

@@ -1,7 +1,8 @@
 """The representation, pinned by hand-made MIDI files with expected grid notes and rolls, and by round trips.
 
 Hand cases (tests/midi_files.HAND_CASES) are real MIDI files read back through `read_midi` with both parsers; the
-expected values below are written out by hand from deepj.md and the rules in deepj/music/representation.py.
+expected values below are written out by hand from docs/design.md#the-representation and the rules in
+deepj/music/representation.py.
 """
 
 from __future__ import annotations

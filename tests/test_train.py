@@ -1,4 +1,5 @@
-"""Training: gradient equivalence across ranks and accumulation, a real torchrun debug run, TensorBoard, resume, errors."""
+"""Training: gradient equivalence across ranks and accumulation, a real torchrun debug run, TensorBoard, resume and
+errors."""
 
 from __future__ import annotations
 
@@ -35,7 +36,8 @@ def global_batch(n: int = 16, t: int = 6):
 
 
 def make_engine(accumulation: int, distributed: bool, dtype: torch.dtype = torch.float64,
-                optim: OptimConfig = OptimConfig()) -> DDPEngine:
+                optim: OptimConfig | None = None) -> DDPEngine:
+    optim = OptimConfig() if optim is None else optim
     torch.manual_seed(0)
     model = DeepJ(TINY).to(dtype)
     opt = build_optimizer(model.parameters(), optim)
@@ -69,7 +71,8 @@ def _ddp_worker(rank: int, world: int, init_file: str, out_file: str) -> None:
 
 
 def test_ddp_accumulation_matches_one_process_gradients(tmp_path):
-    """Pitfall 14: DDP 2 ranks x accumulation 2 x micro 4 == 1 process x batch 16, in float64.
+    """docs/design.md, distributed pitfall 14: DDP 2 ranks x accumulation 2 x micro 4 == 1 process x batch 16, in
+    float64.
 
     The engine divides each micro-batch's mean loss by the accumulation count (2) and DDP averages over ranks (2):
     sum over 4 micro-batches of grad(mean_4) / 4 == grad(mean_16), since every micro-batch holds 4 of the 16 windows.
@@ -185,7 +188,8 @@ def test_shipped_configs_load(name):
 
 
 def test_lstm_compute_dtype_probe_on_cpu():
-    """Pitfall 15, CPU side: the probe reports what the LSTMs really compute in under each precision setting."""
+    """docs/design.md, distributed pitfall 15, CPU side: the probe reports what the LSTMs really compute in under each
+    precision setting."""
     from deepj.training.engine import lstm_compute_dtypes
 
     model = DeepJ(TINY)
@@ -198,7 +202,8 @@ def test_lstm_compute_dtype_probe_on_cpu():
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_lstm_compute_dtype_probe_on_cuda():
-    """Pitfall 15 on CUDA: fp16 autocast runs the cuDNN LSTMs in fp16; record what bf16 autocast really does."""
+    """docs/design.md, distributed pitfall 15, on CUDA: fp16 autocast runs the cuDNN LSTMs in fp16; record what bf16
+    autocast really does."""
     from deepj.training.engine import lstm_compute_dtypes
 
     model = DeepJ(TINY).cuda()
@@ -208,8 +213,8 @@ def test_lstm_compute_dtype_probe_on_cuda():
 
 
 def test_play_only_run_trains_and_checkpoints(tiny_shards, tmp_path):
-    """model.play_only=true through the real entry: the loss has the play term only, and the loop logs what it has
-    (it used to read replay and volume and die with a KeyError at the first step)."""
+    """model.play_only=true through the real entry: the loss has the play term only, and the loop logs only the terms
+    the loss returns (reading replay and volume there would fail at the first step)."""
     run = tmp_path / "run"
     res = run_cli("-m", "deepj.train", "--config", "configs/debug.toml", f"data.dir={tiny_shards}", f"run.dir={run}",
                   "model.play_only=true", "train.max_steps=4", "checkpoint.every=2", "log.every=2", "train.val_every=2",

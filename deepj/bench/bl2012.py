@@ -1,8 +1,8 @@
 """BL2012: DeepJ in play-only mode on the polyphonic-music benchmarks of Boulanger-Lewandowski, Bengio & Vincent (2012).
 
-    python -m deepj.bench bl2012 --dataset jsb --mat /work/shared/data/bl2012/JSB_Chorales.mat \
+    python -m deepj.bench bl2012 --dataset jsb --mat PATH/TO/JSB_Chorales.mat \
         --config configs/bl2012/jsb.toml [key=value ...]
-    python -m deepj.bench bl2012 --dataset piano-midi --mat /work/shared/data/bl2012/Piano_midi.mat \
+    python -m deepj.bench bl2012 --dataset piano-midi --mat PATH/TO/Piano_midi.mat \
         --config configs/bl2012/piano.toml [key=value ...]
 
 Configs: `BL2012Config` below is the schema of configs/bl2012/*.toml (tests/test_bl2012.py loads every file there).
@@ -27,12 +27,11 @@ epoch, bucketed by length to limit padding (padded frames are masked out of the 
 frames, so the causal time axis never sees it); transposition by k semitones, |k| <= train.transpose, drawn within the
 keys the crop leaves free (nothing leaves the 88 keys). The loss is the masked mean BCE per note-step (nats per frame
 / 88). After each epoch the whole validation pieces are scored; the best model is checkpointed into `run_dir` by
-`deepj.training.checkpoint.save` (kind "bl2012" in its meta.json: the model config, the single style `bl2012/<dataset>`, the 88
-piano keys, the .mat file's checksum, the resolved config), so `deepj.training.checkpoint.load_model` reads it;
-training stops after `train.patience` epochs without improvement, at `train.max_epochs`, or after
-`train.max_minutes`. The play head's bias starts at the logit of the training key density (not 0, i.e. p = 1/2),
-which saves the first epochs from learning sparsity alone. The best model is then scored on the test pieces. The last
-stdout line is one JSON object.
+`deepj.training.checkpoint.save` (kind "bl2012" in its meta.json: the model config, the single style `bl2012/<dataset>`,
+the 88 piano keys, the .mat file's checksum, the resolved config), so `deepj.training.checkpoint.load_model` reads it;
+training stops after `train.patience` epochs without improvement, at `train.max_epochs`, or after `train.max_minutes`.
+The play head's bias starts at the logit of the training key density (not 0, i.e. p = 1/2), which saves the first epochs
+from learning sparsity alone. The best model is then scored on the test pieces. The last stdout line is one JSON object.
 """
 
 from __future__ import annotations

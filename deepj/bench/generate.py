@@ -15,8 +15,9 @@ bars (CUDA synchronized before each clock reading), after one 2-step warm-up cal
 context, cuDNN/cuBLAS handles, allocator). A graph is captured inside each `generate` call, so its capture is part of
 the time a user waits; it is also reported alone (capture_s). pieces/s = B / seconds. Real-time factor = seconds of
 music generated per wall second, all B pieces counted: B x steps x 0.125 s / seconds, a step being a 16th note at the
-120 bpm that deepj writes MIDI at (`deepj.music.midi_io.write_midi`'s default tempo, read from it below; the paper's tempo).
-Speedups, at the same batch: stateful's seconds against paper's, window's, and stateful-eager's (the graph's gain).
+120 bpm that deepj writes MIDI at (`deepj.music.midi_io.write_midi`'s default tempo, read from it below; the paper's
+tempo). Speedups, at the same batch: stateful's seconds against paper's, window's, and stateful-eager's (the gain of
+the graph).
 
 --silence-redraws K (default 0: the paper's sampling, as the GPU figures in docs/benchmarks.md were measured): the
 sampler's silence redraws, the same in every mode; the default of `deepj.generate` (8) runs 1 + 8 draws per step.

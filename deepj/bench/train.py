@@ -6,9 +6,9 @@
 One run builds, checks and times every setting:
 - the matmul peak of this GPU, measured here (8192^3 products, median of CUDA-event timings) for fp16, bf16, tf32
   and fp32: the denominator of MFU;
-- what the LSTMs really compute in under each precision (`deepj.training.engine.lstm_compute_dtypes`: under bf16 autocast
-  ATen hands cuDNN RNNs float16), and the MFU is taken against that dtype's peak (tf32 for fp32 when cuDNN may use
-  TF32, PyTorch's default);
+- what the LSTMs really compute in under each precision (`deepj.training.engine.lstm_compute_dtypes`: under bf16
+  autocast ATen hands cuDNN RNNs float16), and the MFU is taken against that dtype's peak (tf32 for fp32 when cuDNN may
+  use TF32, PyTorch's default);
 - per (precision, batch): one optimizer step exactly as training runs it (DDPEngine: autocast forward, loss,
   backward, clipping, Nadam, scheduler; GradScaler for fp16) on batches already on the GPU, timed with CUDA events
   (median of --steps after --warmup); windows/s, note-steps/s (windows x 128 steps x 48 notes), achieved FLOP/s from

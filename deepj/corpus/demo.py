@@ -8,8 +8,8 @@ corpus small enough to train on a laptop with four periods the model can learn t
 Build: `python -m deepj.corpus.demo [--out DIR] [--per-composer N] [--workers W]`, or `deepj.preprocess demo`.
 Each composer contributes at most N scores, spread evenly over its files (not just the first N by name). Conversion
 runs over a process pool, slowest scores first; a score that music21 cannot parse or write, or whose MIDI
-`deepj.music.midi_io.read_midi` rejects, is skipped, counted and listed in `skipped.json`. A `DONE` file holding the settings
-makes the next call return at once; an interrupted build resumes (finished files are kept).
+`deepj.music.midi_io.read_midi` rejects, is skipped, counted and listed in `skipped.json`. A `DONE` file holding the
+settings makes the next call return at once; an interrupted build resumes (finished files are kept).
 """
 
 from __future__ import annotations
@@ -53,7 +53,7 @@ DEMO_SOURCES: tuple[DemoSource, ...] = (
     DemoSource("baroque", "handel", "handel"),  # period is more than Bach and Monteverdi
     DemoSource("classical", "haydn", "haydn"),
     DemoSource("classical", "mozart", "mozart"),
-    # Beethoven's quartet movements take 6-30 s each to convert; the ones under 70 kB (8 movements) take < 8 s.
+    # Beethoven's larger quartet movements are slow to convert; the ones under 70 kB (8 movements) are kept.
     DemoSource("classical", "beethoven", "beethoven", max_bytes=70_000),
     DemoSource("folk", "essen", "essenFolksong", exclude=r"^(test|variant)"),  # test files of the ABC parser
     DemoSource("folk", "oneills", "oneills1850"),
@@ -208,7 +208,7 @@ def _convert_task(args: tuple[Task, str]) -> tuple[Task, float, dict | None, str
     try:
         stats = convert_score(task.src, task.number, Path(root) / task.out)
         return task, time.process_time() - t0, stats, None
-    except Exception as e:  # music21 raises dozens of types for odd scores; each is counted and listed, not fatal
+    except Exception as e:  # noqa: BLE001 (music21 raises dozens of types on odd scores: each is listed, not fatal)
         msg = str(e).splitlines()[0][:200] if str(e) else ""
         return task, time.process_time() - t0, None, f"{type(e).__name__}: {msg}"
 

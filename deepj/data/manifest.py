@@ -52,7 +52,8 @@ class ShardEntry:
                         piece_styles=tuple(int(s) for s in d["piece_styles"]), bytes=int(d["bytes"]),
                         sha256=str(d.get("sha256", "")))
         except (KeyError, TypeError, ValueError) as e:
-            raise ShardError(f"{where}: shard entry {d.get('name', '?')!r} is malformed ({type(e).__name__}: {e})") from None
+            raise ShardError(f"{where}: shard entry {d.get('name', '?')!r} is malformed "
+                             f"({type(e).__name__}: {e})") from None
         if not len(entry.piece_steps) == len(entry.piece_styles) == entry.pieces:
             raise ShardError(f"{where}: entry {entry.name} lists {entry.pieces} pieces but {len(entry.piece_steps)} "
                              f"piece_steps and {len(entry.piece_styles)} piece_styles")

@@ -135,14 +135,14 @@ class StyleClassifier(nn.Module):
         return self.net((x - self.mean) / self.std)  # (B, C) logits
 
     def fit(self, x: np.ndarray, y: np.ndarray, *, epochs: int = 300, lr: float = 3e-3, weight_decay: float = 1e-3,
-            seed: int = 0) -> "StyleClassifier":
+            seed: int = 0) -> StyleClassifier:
         """Full-batch AdamW on class-balanced cross-entropy (styles have very different numbers of windows)."""
         if len(np.unique(y)) < 2:
             raise FidelityError(f"the classifier needs windows of at least 2 styles, got {len(np.unique(y))}")
         with one_thread():
             return self._fit(x, y, epochs, lr, weight_decay, seed)
 
-    def _fit(self, x, y, epochs, lr, weight_decay, seed) -> "StyleClassifier":
+    def _fit(self, x, y, epochs, lr, weight_decay, seed) -> StyleClassifier:
         torch.manual_seed(seed)
         xt, yt = torch.from_numpy(x).float(), torch.from_numpy(y).long()
         self.mean.copy_(xt.mean(0))

@@ -1,10 +1,10 @@
 """The listening page of a fidelity evaluation: per style, real and generated piano rolls and audio next to the
 classifier's verdict and the music statistics; the confusion matrices and the blend curve on top.
 
-`deepj.fidelity` calls `export_pieces`, `confusion_png`, `blend_png` and `write_page`; `python -m deepj.evaluation.listening
-EVAL_DIR` rebuilds `index.html` from an existing `fidelity.json`. Every link is relative to the page's folder, so the
-folder can be copied or served as it is. Audio is WAV through FluidSynth (`deepj.music.render`), where it is installed; MIDI
-files are always linked.
+`deepj.fidelity` calls `export_pieces`, `confusion_png`, `blend_png` and `write_page`;
+`python -m deepj.evaluation.listening EVAL_DIR` rebuilds `index.html` from an existing `fidelity.json`. Every link is
+relative to the page's folder, so the folder can be copied or served as it is. Audio is WAV through FluidSynth
+(`deepj.music.render`), where it is installed; MIDI files are always linked.
 """
 
 from __future__ import annotations
@@ -320,7 +320,8 @@ def report_markdown(report: dict) -> str:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m deepj.evaluation.listening", description="Rebuild index.html from fidelity.json.")
+    p = argparse.ArgumentParser(prog="python -m deepj.evaluation.listening",
+                                description="Rebuild index.html from fidelity.json.")
     p.add_argument("eval_dir", help="the output folder of python -m deepj.fidelity (holding fidelity.json)")
     args = p.parse_args(argv)
     src = Path(args.eval_dir) / "fidelity.json"

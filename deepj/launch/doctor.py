@@ -45,7 +45,7 @@ class Report:
 def _version(module: str) -> str | None:
     try:
         mod = __import__(module)
-    except Exception:  # a broken optional package must not stop the report
+    except Exception:  # noqa: BLE001 (a broken optional package may raise anything; the report goes on)
         return None
     return getattr(mod, "__version__", "installed")
 
@@ -64,7 +64,7 @@ def _nvidia_smi(query: str) -> list[str]:
 def check_torch(r: Report) -> None:
     try:
         import torch
-    except Exception as e:  # ImportError, or an OSError from a missing CUDA library
+    except Exception as e:  # noqa: BLE001 (a broken torch install may raise anything on import; it is reported)
         r.broken = True
         r.fact("torch", f"NOT IMPORTABLE ({type(e).__name__}: {e})")
         r.problem("torch does not import", "run `make install` (launcher/setup.sh picks the CPU or CUDA build)")
@@ -90,7 +90,7 @@ def check_torch(r: Report) -> None:
             r.problem("cuDNN is not available: LSTMs fall back to slow kernels", "install a torch wheel with cuDNN")
         try:
             nccl = ".".join(map(str, torch.cuda.nccl.version()))
-        except Exception as e:  # torch built without NCCL raises from here
+        except (AttributeError, RuntimeError) as e:  # torch built without NCCL lacks torch._C._nccl_version
             nccl = f"not available ({type(e).__name__})"
             r.problem("NCCL is not available: multi-GPU DDP needs it", "install a CUDA torch wheel (bundles NCCL)")
         r.fact("NCCL", nccl)
@@ -123,7 +123,7 @@ def check_deepspeed(r: Report) -> None:
             accel = get_accelerator()._name
             ops = {name: (bool(installed_ops.get(name, False)), bool(probe_is_compatible(b, False)))
                    for name, b in ALL_OPS.items()}
-    except Exception as e:  # not installed (ImportError) or broken against this torch
+    except Exception as e:  # noqa: BLE001 (not installed, or broken against this torch: any error is reported)
         r.fact("DeepSpeed", f"not importable ({type(e).__name__}: {str(e).splitlines()[0][:120] if str(e) else ''})")
         r.problem("DeepSpeed is not importable: --backend deepspeed / train.backend=deepspeed will fail",
                   "pip install -e '.[deepspeed]' (or use --backend ddp, which needs nothing more)")
@@ -150,7 +150,7 @@ def _torch_cuda() -> bool:
         import torch
 
         return torch.cuda.is_available()
-    except Exception:  # reported by check_torch
+    except Exception:  # noqa: BLE001 (whatever import torch raises is reported by check_torch)
         return False
 
 
@@ -165,7 +165,7 @@ def check_core(r: Report) -> None:
     try:
         import deepj.model  # noqa: F401  (pulls torch, the config machinery and the model)
         import deepj.train  # noqa: F401  (and data, checkpoints, engines)
-    except Exception as e:
+    except Exception as e:  # noqa: BLE001 (whatever breaks the import is the report's finding)
         r.broken = True
         r.problem(f"deepj does not import ({type(e).__name__}: {e})", "pip install -e . from the repository root")
 
@@ -209,7 +209,7 @@ def check_music(r: Report) -> None:
         from deepj.music.render import audio_available, find_soundfont
 
         ok, why = audio_available()
-    except Exception as e:  # render imports numpy only; guard anyway
+    except (ImportError, OSError) as e:  # render imports numpy only; a soundfont path may be unreadable
         ok, why = False, f"{type(e).__name__}: {e}"
         find_soundfont = None
     fs = shutil.which("fluidsynth")

@@ -98,8 +98,8 @@ def gpu_memory(m, params: int, *, micro_batch: int, seq_len: int, precision: str
 # ---------------------------------------------------------------------------------------------------- data
 
 def split_summary(manifest: Manifest, split: str, seq_len: int, stride: int) -> dict[str, int]:
-    """Shards, pieces, windows (the loader's windowing, deepj.data.manifest.windows_per_piece), bytes and notes of a split;
-    all zero for a split with no shards."""
+    """Shards, pieces, windows (the loader's windowing, deepj.data.manifest.windows_per_piece), bytes and notes of a
+    split; all zero for a split with no shards."""
     from deepj.data.manifest import windows_per_piece
 
     shards = [s for s in manifest.shards if s.split == split]
@@ -179,7 +179,7 @@ def _gpu_memory_here() -> int | None:
 
         if torch.cuda.is_available():
             return min(torch.cuda.get_device_properties(i).total_memory for i in range(torch.cuda.device_count()))
-    except Exception:  # a broken CUDA set-up is doctor's business
+    except Exception:  # noqa: BLE001 (a broken CUDA set-up is doctor's business; the plan goes on without it)
         return None
     return None
 

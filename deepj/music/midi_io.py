@@ -75,7 +75,7 @@ def read_tick_notes(path: str | os.PathLike, parser: Parser = "symusic"):
 
         try:
             score = symusic.Score.from_midi(data)
-        except Exception as e:  # symusic raises RuntimeError/ValueError subclasses with parser text
+        except Exception as e:  # noqa: BLE001 (any failure of the C++ parser on a file means a corrupt file)
             raise MidiError(path, "corrupt", str(e).splitlines()[0][:200]) from None
         tpq = int(score.ticks_per_quarter)
         cols = [t.notes.numpy() for t in score.tracks if not t.is_drum]
@@ -97,7 +97,7 @@ def read_tick_notes(path: str | os.PathLike, parser: Parser = "symusic"):
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # pretty_midi warns about tempo events on non-zero tracks
                 pm = pretty_midi.PrettyMIDI(io.BytesIO(data))
-        except Exception as e:  # mido/pretty_midi raise many types for broken files
+        except Exception as e:  # noqa: BLE001 (mido/pretty_midi raise many types for broken files)
             raise MidiError(path, "corrupt", str(e).splitlines()[0][:200] if str(e) else type(e).__name__) from None
         notes = [n for inst in pm.instruments if not inst.is_drum for n in inst.notes]
         tpq = int(pm.resolution)

@@ -89,7 +89,8 @@ def render_wav(midi_path: str | Path, wav_path: str | Path, sample_rate: int = S
     if not ok:
         raise RuntimeError(why)
     wav_path = Path(wav_path)
-    cmd = ["fluidsynth", "-ni", "-g", "0.8", "-r", str(sample_rate), "-F", str(wav_path), find_soundfont(), str(midi_path)]
+    cmd = ["fluidsynth", "-ni", "-g", "0.8", "-r", str(sample_rate), "-F", str(wav_path), find_soundfont(),
+           str(midi_path)]
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     if res.returncode != 0 or not wav_path.is_file():
         raise RuntimeError(f"fluidsynth failed on {midi_path}: {res.stderr.strip()[:300]}")

@@ -5,8 +5,8 @@ Grid notes are the canonical, compact form (what shards store): a structured arr
 never overlapping (a re-strike ends the previous note at the step it starts). The piano roll is the dense form the
 model sees: `(T, N, 3)` float32 = `[play, replay, volume]` for N = max_pitch - min_pitch notes.
 
-The grid is beat-relative (deepj.md): a step is ticks_per_quarter / 4 MIDI ticks, so tempo and time-signature events
-do not move it. Rules, pinned by tests/test_representation.py:
+The grid is beat-relative (docs/design.md#the-representation): a step is ticks_per_quarter / 4 MIDI ticks, so tempo and
+time-signature events do not move it. Rules, pinned by tests/test_representation.py:
 - start step = round(start_tick / tick_step), end step = round(end_tick / tick_step), at least one step long;
 - notes outside [min_pitch, max_pitch) and drum-channel notes are dropped;
 - tracks merge by logical or; a note struck while the same pitch already sounds (from any track, or an earlier note

@@ -9,8 +9,8 @@ weighted sum of those, normalised to sum to 1.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Iterable
 
 import torch
 

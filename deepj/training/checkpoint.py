@@ -22,9 +22,10 @@ import random
 import re
 import shutil
 import signal
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -172,8 +173,8 @@ def set_rng_state(state: dict[str, Any]) -> None:
 def _fault_point(where: str, step: int) -> None:
     """Test hook: `DEEPJ_FAULT=<where>:<step>:<rank>` SIGKILLs that rank at that point of that save.
 
-    Lets tests kill a rank in the middle of a save deterministically (tests/test_fault_tolerance.py); unset, it costs one
-    dictionary lookup per save.
+    Lets tests kill a rank in the middle of a save deterministically (tests/test_fault_tolerance.py); unset, it costs
+    one dictionary lookup per save.
     """
     spec = os.environ.get("DEEPJ_FAULT")
     if spec and spec == f"{where}:{step}:{dist.info().rank}":
@@ -313,5 +314,5 @@ def load_rank(ckpt: Path, rank: int) -> dict[str, Any] | None:
 def _load_pt(path: Path, map_location) -> dict[str, Any]:
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as e:  # pickle.UnpicklingError for code in the file, RuntimeError for a damaged zip, ...
+    except Exception as e:  # noqa: BLE001 (UnpicklingError for code, RuntimeError for a bad zip, ...: all refused)
         raise CheckpointError(f"refusing to load {path}: {type(e).__name__}: {str(e).splitlines()[0][:300]}") from None

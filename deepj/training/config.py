@@ -34,7 +34,8 @@ class TrainLoopConfig:
     micro_batch: int = 16  # windows per forward/backward on one rank; accumulation = global / (micro x world)
     precision: Literal["fp32", "bf16", "fp16", "auto"] = "fp32"  # auto: bf16 where the device has it natively
     backend: Literal["ddp", "deepspeed"] = "ddp"
-    deepspeed_config: str = "launcher/ds_zero1.json"  # ZeRO stage etc.; batch, accumulation, precision and clipping come from this config
+    # ZeRO stage and the like; batch, accumulation, precision and clipping come from this config, not that file
+    deepspeed_config: str = "launcher/ds_zero1.json"
     val_every: int = 200  # optimizer steps between validation passes; 0 = only at the end
     val_batches: int = 8  # validation micro-batches per rank per pass (the same on every rank)
     deterministic: bool = True  # torch.use_deterministic_algorithms: bit-exact resume on CPU

@@ -53,7 +53,8 @@ def init_distributed(device: str = "auto", timeout_s: int = 600) -> DistInfo:
     local_rank = _env_int("LOCAL_RANK", "SLURM_LOCALID", default=0)
     use_cuda = torch.cuda.is_available() if device == "auto" else device == "cuda"
     if use_cuda and not torch.cuda.is_available():
-        raise RuntimeError("device=cuda was asked for, but torch sees no CUDA device (see: python -m deepj.launch doctor)")
+        raise RuntimeError("device=cuda was asked for, but torch sees no CUDA device "
+                           "(see: python -m deepj.launch doctor)")
     if use_cuda:
         torch.cuda.set_device(local_rank)
         dev = torch.device("cuda", local_rank)

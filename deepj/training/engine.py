@@ -4,8 +4,8 @@
 engine. Both implement `Engine` with the same types, and `build_engine` picks one from `train.backend`, so the
 training loop never asks which backend it runs.
 
-Accumulation: the loop calls `backward(loss)` once per micro-batch with the micro-batch's mean loss and `step()` once per
-optimizer step. The engine divides by the accumulation count (DDP then averages over ranks), so the gradient is the
+Accumulation: the loop calls `backward(loss)` once per micro-batch with the micro-batch's mean loss and `step()` once
+per optimizer step. The engine divides by the accumulation count (DDP then averages over ranks), so the gradient is the
 mean over the global batch: exactly what one process computes on the whole global batch (tests/test_train.py).
 """
 
@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import contextlib
 from pathlib import Path
-from typing import TYPE_CHECKING, ContextManager, Literal, Protocol
+from typing import TYPE_CHECKING, Literal, Protocol
 
 import torch
 from torch import Tensor, nn
@@ -36,7 +36,7 @@ class Engine(Protocol):
     def __call__(self, prev: Tensor, target: Tensor, beat: Tensor, style: Tensor) -> Tensor:
         """(B, T, N, 3) previous notes, (B, T, N, 3) targets, (B, T) beats, (B, S) style -> (B, T, N, 3) outputs."""
 
-    def no_sync(self) -> ContextManager[None]:
+    def no_sync(self) -> contextlib.AbstractContextManager[None]:
         """Around a micro-batch that is not the last of its optimizer step: no gradient all-reduce."""
 
     def backward(self, loss: Tensor) -> None:
@@ -88,9 +88,8 @@ def autocast_dtype(precision: Precision) -> torch.dtype | None:
 def resolve_precision(precision: Precision | Literal["auto"], device: torch.device) -> Precision:
     """`auto` -> bf16 where the device computes bf16 natively, else fp32; other values are returned as they are.
 
-    Native: a CUDA GPU with bf16 support, or a CPU with bf16 instructions (AVX512-BF16 / AMX: oneDNN's check). On the
-    demo's 2-core CPU bf16 trains the demo model 1.9x faster than fp32 (`python -m deepj.bench step`); a CPU that
-    would emulate bf16 gains nothing from it.
+    Native: a CUDA GPU with bf16 support, or a CPU with bf16 instructions (AVX512-BF16 / AMX: oneDNN's check). A CPU
+    that would emulate bf16 gains nothing from it (speeds: docs/benchmarks.md, training step on CPU).
     """
     if precision != "auto":
         return precision
@@ -121,7 +120,8 @@ class DDPEngine:
         self.module = model
         self.optimizer, self.scheduler = optimizer, scheduler
         self.device, self.accumulation, self.precision, self.grad_clip = device, accumulation, precision, grad_clip
-        self.wrapped = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None) if distributed else model
+        device_ids = [device.index] if device.type == "cuda" else None
+        self.wrapped = DistributedDataParallel(model, device_ids=device_ids) if distributed else model
         # fp16 needs loss scaling; bf16 has fp32's exponent range and does not.
         self.scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
 

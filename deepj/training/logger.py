@@ -1,8 +1,8 @@
 """What a run reports: TensorBoard scalars and samples (rank 0), a console line per log step, and the FLOP count.
 
 TensorBoard lives in `<run.dir>/tb`, one folder for the whole run. On resume the writer is opened with
-`purge_step=<resumed step> + 1`, so events that a killed run logged after its last checkpoint are discarded by TensorBoard's
-readers and every step appears once.
+`purge_step=<resumed step> + 1`, so events that a killed run logged after its last checkpoint are discarded by
+TensorBoard's readers and every step appears once.
 """
 
 from __future__ import annotations
@@ -72,7 +72,8 @@ class RunLogger:
             from torch.utils.tensorboard import SummaryWriter
 
             # Steps up to the checkpoint were logged before it was written; anything later belongs to the killed run.
-            self.writer = SummaryWriter(str(Path(run_dir) / "tb"), purge_step=start_step + 1 if start_step > 0 else None)
+            purge_step = start_step + 1 if start_step > 0 else None
+            self.writer = SummaryWriter(str(Path(run_dir) / "tb"), purge_step=purge_step)
 
     def scalars(self, step: int, values: dict[str, float], console: bool = False) -> None:
         if not self.enabled:

@@ -1,7 +1,7 @@
 """DeepJ's loss, and the play-only likelihood of the BL2012 benchmarks.
 
-`deepj_loss` = BCE(play) + BCE(replay, masked) + MSE(volume, masked), weights 1:1:1 (deepj.md), where "masked" means
-only note-steps whose target play is 1 contribute.
+`deepj_loss` = BCE(play) + BCE(replay, masked) + MSE(volume, masked), weights 1:1:1 (docs/design.md#the-loss), where
+"masked" means only note-steps whose target play is 1 contribute.
 
 **Decision (normalisation):** the play term is averaged over all note-steps; the masked replay and volume terms are
 averaged, in each window, over that window's *played* note-steps, and then over the windows of the batch. The original

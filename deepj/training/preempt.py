@@ -1,9 +1,9 @@
 """Preemption: SIGTERM and SIGUSR2 only set a flag; the loop all-reduces it so every rank stops at the same step.
 
-Nothing else happens in the handler (pitfall 11): saving from a signal handler races the training step, and a signal
-that reaches one rank only would make that rank save alone. Slurm sends USR2 (`#SBATCH --signal=B:USR2@180`, forwarded
-by slurm/train.sbatch); torchrun forwards TERM to its workers. After the coordinated checkpoint the trainer exits with
-PREEMPTED_EXIT, which slurm/train.sbatch and tests read as "requeue me".
+Nothing else happens in the handler (docs/design.md, distributed pitfall 11): saving from a signal handler races the
+training step, and a signal that reaches one rank only would make that rank save alone. Slurm sends USR2
+(`#SBATCH --signal=B:USR2@180`, forwarded by slurm/train.sbatch); torchrun forwards TERM to its workers. After the
+coordinated checkpoint the trainer exits with PREEMPTED_EXIT, which slurm/train.sbatch and tests read as "requeue me".
 """
 
 from __future__ import annotations
