@@ -7,8 +7,10 @@ this module only knows how to fill, print and save them.
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import json
+import math
 import tomllib
 import types
 import typing
@@ -26,6 +28,86 @@ def require(ok: bool, key: str, rule: str, value: Any) -> None:
     """For `__post_init__` checks: refuse `value` of `key` unless `ok`, saying the rule (`must be at least 1`)."""
     if not ok:
         raise ConfigError(f"{key} must be {rule}, got {value!r}")
+
+
+def finite(x: float) -> bool:
+    """For `require`: a float that is neither nan nor +-inf (every float setting must be one)."""
+    return math.isfinite(x)
+
+
+def finite_float(lo: float | None = None, hi: float | None = None, *, lo_open: bool = False,
+                 hi_open: bool = False):
+    """An argparse `type=` for a float option: finite (never nan or inf), within [lo, hi] (either bound may be None;
+    `lo_open`/`hi_open` exclude it). A refused value is reported by argparse under the option's name, exit status 2:
+    `error: argument --temperature: must be a finite number > 0, got 'nan'`."""
+    bounds = ([f"{'>' if lo_open else '>='} {lo:g}"] if lo is not None else []) + \
+        ([f"{'<' if hi_open else '<='} {hi:g}"] if hi is not None else [])
+    rule = " ".join(["a finite number", " and ".join(bounds)]).strip()
+
+    def convert(text: str) -> float:
+        try:
+            x = float(text)
+        except ValueError:
+            x = math.nan
+        ok = (math.isfinite(x) and (lo is None or (x > lo if lo_open else x >= lo))
+              and (hi is None or (x < hi if hi_open else x <= hi)))
+        if not ok:
+            raise argparse.ArgumentTypeError(f"must be {rule}, got {text!r}")
+        return x
+
+    convert.__name__ = "finite_float"
+    return convert
+
+
+def int_range(lo: int | None = None, hi: int | None = None):
+    """An argparse `type=` for an integer option within [lo, hi] (either bound may be None), reported as
+    `finite_float` reports: `error: argument --seed: must be an integer in [0, 9223372036854775807], got '-1'`."""
+    if lo is not None and hi is not None:
+        rule = f"an integer in [{lo}, {hi}]"
+    else:
+        rule = "an integer" + (f" >= {lo}" if lo is not None else "") + (f" <= {hi}" if hi is not None else "")
+
+    def convert(text: str) -> int:
+        try:
+            x = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be {rule}, got {text!r}") from None
+        if (lo is not None and x < lo) or (hi is not None and x > hi):
+            raise argparse.ArgumentTypeError(f"must be {rule}, got {text!r}")
+        return x
+
+    convert.__name__ = "int_range"
+    return convert
+
+
+def device_option(text: str) -> str:
+    """An argparse `type=` for --device: `cpu`, or `cuda` / `cuda:N` where CUDA and that GPU are present."""
+    import torch
+
+    try:
+        dev = torch.device(text)
+    except (RuntimeError, ValueError):
+        dev = None
+    if dev is None or dev.type not in ("cpu", "cuda"):
+        raise argparse.ArgumentTypeError(f"must be cpu, cuda or cuda:N, got {text!r}")
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise argparse.ArgumentTypeError(f"{text}: CUDA is not available here")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise argparse.ArgumentTypeError(f"{text}: there are {torch.cuda.device_count()} CUDA device(s) here")
+    return text
+
+
+def folder_problem(path: str | Path) -> str | None:
+    """Why `path` cannot be (made) an output folder: it, or the nearest part of its path that exists, is not a
+    folder. None when it can. For CLIs to refuse `--out` before any work is done."""
+    path = Path(path)
+    for p in (path, *path.parents):
+        if p.exists():
+            if p.is_dir():
+                return None
+            return f"{p} exists and is not a folder" if p == path else f"{p} is not a folder, so {path} cannot be made"
+    return None
 
 
 def _field_types(cls: type) -> dict[str, Any]:
@@ -73,14 +155,23 @@ def _coerce(value: Any, typ: Any, key: str) -> Any:
                 pass
         raise ConfigError(f"{key}: expected an integer, got {value!r}")
     if typ is float:
+        number = None
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):
             try:
-                return float(value)
+                number = float(value)
+            except OverflowError:  # an integer beyond the float range
+                raise ConfigError(f"{key}: expected a finite number, got an integer of {len(str(value))} digits") \
+                    from None
+        elif isinstance(value, str):
+            try:
+                number = float(value)
             except ValueError:
                 pass
-        raise ConfigError(f"{key}: expected a number, got {value!r}")
+        if number is None:
+            raise ConfigError(f"{key}: expected a number, got {value!r}")
+        if not math.isfinite(number):  # TOML's nan/inf, an override `=nan`, `=1e999`: no setting means them
+            raise ConfigError(f"{key}: expected a finite number, got {number}")
+        return number
     if typ is str:
         if isinstance(value, str):
             return value

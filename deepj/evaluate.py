@@ -40,6 +40,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from deepj.config import device_option, int_range
 from deepj.data.loader import DataConfig, validation_batches
 from deepj.data.manifest import Manifest, ShardError
 from deepj.music.constants import PLAY, REPLAY, STEPS_PER_BAR, VOLUME
@@ -291,11 +292,11 @@ def parse_args(argv=None):
     p.add_argument("checkpoint", help="a run folder (its newest complete checkpoint) or a step-NNNNNNNN folder")
     p.add_argument("--data", required=True, help="preprocessed shard folder (with manifest.json)")
     p.add_argument("--split", default="val", choices=["val", "test", "train"])
-    p.add_argument("--batches", type=int, default=0, help="micro-batches spread over the split; 0 = full pass")
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--seq-len", type=int, default=0, help="window length; 0 = the checkpoint's data.seq_len")
-    p.add_argument("--stride", type=int, default=0, help="window stride; 0 = seq-len (each step once)")
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--batches", type=int_range(0), default=0, help="micro-batches spread over the split; 0 = full pass")
+    p.add_argument("--batch-size", type=int_range(1), default=16)
+    p.add_argument("--seq-len", type=int_range(0), default=0, help="window length; 0 = the checkpoint's data.seq_len")
+    p.add_argument("--stride", type=int_range(0), default=0, help="window stride; 0 = seq-len (each step once)")
+    p.add_argument("--device", type=device_option, default="cpu", help="cpu, cuda or cuda:N")
     p.epilog = ("With --styles: style fidelity (classifier on real vs generated music), music statistics and a "
                 "listening page instead; see python -m deepj.fidelity --help for its options.")
     return p.parse_args(argv)
@@ -308,10 +309,7 @@ def main(argv=None) -> int:
 
         argv.remove("--styles")
         return fidelity.main(argv)
-    args = parse_args(argv)
-    if args.batches < 0 or args.batch_size < 1 or args.seq_len < 0 or args.stride < 0:
-        print("error: --batches, --seq-len and --stride must be >= 0, --batch-size >= 1", file=sys.stderr)
-        return 2
+    args = parse_args(argv)  # every option is checked here (argparse types), before anything is loaded
     try:
         model, meta, ckpt = load_model(args.checkpoint, args.device)
         seq_len = args.seq_len or run_seq_len(meta)

@@ -40,7 +40,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from deepj.config import ConfigError
+from deepj.config import ConfigError, device_option, finite_float, folder_problem
 from deepj.data.loader import DataConfig, StreamingLoader
 from deepj.data.manifest import Manifest, ShardError
 from deepj.evaluate import EvalError, check_compatible, run_seq_len
@@ -65,6 +65,7 @@ from deepj.training.checkpoint import CheckpointMeta, load_model
 LEVELS = ("period", "composer")
 BLEND_WEIGHTS = (0.0, 0.25, 0.5, 0.75, 1.0)
 DEFAULT_WINDOW = 64  # steps, for a checkpoint whose run has no data.seq_len
+MAX_SEED = 2**63 - 1  # the sampler's, the loader's and the classifier's generators take seeds in [0, 2**63)
 
 
 @dataclass
@@ -87,13 +88,20 @@ class FidelityOptions:
     out: str | None = None  # report folder; None = <run>/eval
 
     def __post_init__(self) -> None:
-        if self.num < 1 or self.bars < 0 or self.max_windows < 1 or self.listen < 0 or self.lead_bars < 0:
-            raise FidelityError("--num and --max-windows must be >= 1, --bars, --lead-bars and --listen >= 0")
+        for option, value, least in (("--num", self.num, 1), ("--bars", self.bars, 0),
+                                     ("--lead-bars", self.lead_bars, 0), ("--max-windows", self.max_windows, 1),
+                                     ("--listen", self.listen, 0)):
+            if value < least:
+                raise FidelityError(f"{option} must be at least {least}, got {value}")
         unknown = [lv for lv in self.levels if lv not in LEVELS]
         if unknown or not self.levels:
             raise FidelityError(f"levels {list(self.levels)}: choose from {', '.join(LEVELS)}")
         if self.blend is not None and len(self.blend) != 2:
             raise FidelityError(f"--blend wants two style names, got {list(self.blend)}")
+        if not 0 <= self.seed <= MAX_SEED:
+            raise FidelityError(f"--seed must lie in [0, {MAX_SEED}], got {self.seed}")
+        if self.out is not None and folder_problem(self.out):
+            raise FidelityError(f"--out: {folder_problem(self.out)}")
 
 
 # ------------------------------------------------------------------------------------------------ real windows
@@ -202,7 +210,15 @@ class Setup:
 
 def prepare(path: str | Path, data_dir: str | Path, opts: FidelityOptions, log) -> Setup:
     manifest = Manifest.load(data_dir)
-    model, meta, ckpt = load_model(path, opts.device)
+    if opts.blend:  # refused now, not after the levels' work
+        level = blend_level(opts.blend[0], opts.blend[1], manifest.styles)[0]
+        if level not in opts.levels:
+            raise FidelityError(f"--blend {','.join(opts.blend)} needs --level {level} (or both)")
+    ckpt = checkpoint.resolve(path)
+    out = Path(opts.out) if opts.out else ckpt.parent / "eval"
+    if folder_problem(out):
+        raise FidelityError(f"report folder: {folder_problem(out)}; choose another with --out")
+    model, meta, ckpt = load_model(ckpt, opts.device)
     check_compatible(meta, manifest, ckpt)
     bars = opts.bars or max(1, run_seq_len(meta, DEFAULT_WINDOW) // STEPS_PER_BAR)
     transpose = int(meta.config.get("data", {}).get("transpose", 0)) if meta.kind == "train" else 0
@@ -327,7 +343,8 @@ def parse_args(argv=None):
     p.add_argument("--level", choices=["period", "composer", "both"], default="period")
     p.add_argument("--blend", metavar="A,B", help="two periods (or two composers): P(A) against the blend weight")
     p.add_argument("--out", help="output folder (default: <run>/eval)")
-    p.add_argument("--temperature", type=float, default=SampleConfig.temperature)
+    # finite here; > 0 is SampleConfig's rule, reported by options() as "--temperature must be > 0 and finite"
+    p.add_argument("--temperature", type=finite_float(), default=SampleConfig.temperature)
     p.add_argument("--mode", choices=MODES, default=SampleConfig.mode,
                    help="how the sampler runs the model (as python -m deepj.generate --mode)")
     p.add_argument("--lead-bars", type=int, default=0,
@@ -338,7 +355,7 @@ def parse_args(argv=None):
     p.add_argument("--max-windows", type=int, default=1500, help="real windows per leaf style and split, at most")
     p.add_argument("--listen", type=int, default=2, help="pieces per style on the listening page")
     p.add_argument("--no-audio", action="store_true", help="no WAV files, even where FluidSynth is installed")
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--device", type=device_option, default="cpu", help="cpu, cuda or cuda:N")
     return p.parse_args(argv)
 
 

@@ -1,7 +1,8 @@
 """MIDI corpus -> WebDataset shards of grid notes + manifest.json + report.json, the offline step before training.
 
     python -m deepj.preprocess INPUT OUTPUT_DIR [--workers N] [--shard-size-mb M] [--val-fraction F] [--seed S]
-        [--min-steps K] [--min-pitch P] [--max-pitch P] [--periods FILE] [--parser symusic|pretty_midi] [--force]
+        [--min-steps K] [--max-steps K] [--max-silence F] [--max-file-mb M] [--min-pitch P] [--max-pitch P]
+        [--periods FILE] [--parser symusic|pretty_midi] [--force]
 
 INPUT is a folder tree (`<period>/<composer>/*.mid`), a MAESTRO-style CSV, or the word `demo` (music21's bundled
 scores, converted once into a cache; write `./demo` for a folder called demo).
@@ -11,6 +12,10 @@ empty, no notes, too short ...) is skipped and listed with its reason in report.
 run. Pieces without an official split go to val iff `sha256("{seed}:{source}")` maps below `--val-fraction`, so a
 piece keeps its split when files are added. The same inputs and settings give the same bytes: shards, then
 report.json, then manifest.json (last, so a folder with a manifest is complete).
+
+OUTPUT_DIR is taken for the run (deepj.data.shards.OutputFolder): a second run into it is refused at once (exit 2,
+naming the first), the new output is built in a private folder inside it and replaces the old one only when complete;
+a run that fails (a full disk, an unwritable folder) leaves an earlier output as it was.
 """
 
 from __future__ import annotations
@@ -19,8 +24,8 @@ import argparse
 import dataclasses
 import hashlib
 import json
+import math
 import os
-import re
 import sys
 import time
 from collections import Counter
@@ -31,15 +36,22 @@ import numpy as np
 
 from deepj import __version__
 from deepj.corpus import SPLITS, Corpus, CorpusError, open_corpus
-from deepj.data.manifest import MANIFEST, Manifest, ShardEntry
-from deepj.data.shards import REPORT, SplitWriter, decode_notes, encode_notes
+from deepj.data.manifest import MANIFEST, MAX_PIECE_STEPS, Manifest, ShardEntry
+from deepj.data.shards import REPORT, OutputError, OutputFolder, SplitWriter, decode_notes, encode_notes
 from deepj.music.constants import DEFAULT_MAX_PITCH, DEFAULT_MIN_PITCH
 from deepj.music.midi_io import MidiError, read_midi
-from deepj.music.representation import ReprConfig, num_steps
+from deepj.music.representation import ReprConfig, num_steps, silent_steps
 from deepj.music.styles import StyleTree
 
-SHARD_NAME = re.compile(r"^(train|val|test)-\d{6}\.tar(\.tmp)?$")  # ours, finished or left by a killed run
-SPOOL = ".preprocess-spool.tmp"
+SPOOL = "spool.tmp"  # in the run's own staging folder
+# --max-steps: 100,000 16ths = 6,250 bars, 3.5 hours at 120 bpm. MAESTRO's longest performance (2,625 s, written at a
+# fixed 120 bpm) is 21,000 steps, so real music stays far below; a broken file with a stray far event (ticks near
+# 1e9: millions of steps, nearly all silent) stays far above. The limit is there for such files, not for memory.
+DEFAULT_MAX_STEPS = 100_000
+# --max-silence: a piece with more silent steps than this share is a file with stray far notes, not music (the
+# longest rests of real scores are a few bars of hundreds).
+DEFAULT_MAX_SILENCE = 0.9
+DEFAULT_MAX_FILE_MB = 64.0  # MIDI files are small (a 2-hour performance: about 1 MB); checked before reading
 
 
 class PreprocessError(Exception):
@@ -58,6 +70,9 @@ class Settings:
     seed: int = 0
     shard_size_mb: float = 64.0
     min_steps: int = 32
+    max_steps: int = DEFAULT_MAX_STEPS
+    max_silence: float = DEFAULT_MAX_SILENCE
+    max_file_mb: float = DEFAULT_MAX_FILE_MB
     min_pitch: int = DEFAULT_MIN_PITCH
     max_pitch: int = DEFAULT_MAX_PITCH
     parser: str = "symusic"
@@ -66,10 +81,17 @@ class Settings:
     def validate(self) -> ReprConfig:
         if not 0.0 <= self.val_fraction < 1.0:
             raise PreprocessError(f"--val-fraction must be in [0, 1), got {self.val_fraction}")
-        if not self.shard_size_mb > 0:
-            raise PreprocessError(f"--shard-size-mb must be > 0, got {self.shard_size_mb}")
+        if not 0 < self.shard_size_mb < math.inf:
+            raise PreprocessError(f"--shard-size-mb must be a finite number > 0, got {self.shard_size_mb}")
         if self.min_steps < 1:
             raise PreprocessError(f"--min-steps must be >= 1, got {self.min_steps}")
+        if not self.min_steps <= self.max_steps <= MAX_PIECE_STEPS:
+            raise PreprocessError(f"--max-steps must be in [--min-steps ({self.min_steps}), {MAX_PIECE_STEPS}], got "
+                                  f"{self.max_steps}")
+        if not 0.0 < self.max_silence <= 1.0:
+            raise PreprocessError(f"--max-silence must be in (0, 1] (1: keep every piece), got {self.max_silence}")
+        if not self.max_file_mb > 0:
+            raise PreprocessError(f"--max-file-mb must be > 0, got {self.max_file_mb}")
         if self.parser not in ("symusic", "pretty_midi"):
             raise PreprocessError(f"--parser must be symusic or pretty_midi, got {self.parser!r}")
         try:
@@ -80,23 +102,32 @@ class Settings:
 
 # --------------------------------------------------------------------------------------------------- per file
 
-def process_file(path: str | os.PathLike, repr_cfg: ReprConfig, min_steps: int, parser: str = "symusic") -> np.ndarray:
+def process_file(path: str | os.PathLike, repr_cfg: ReprConfig, min_steps: int, parser: str = "symusic", *,
+                 max_steps: int = DEFAULT_MAX_STEPS, max_silence: float = DEFAULT_MAX_SILENCE,
+                 max_bytes: int = int(DEFAULT_MAX_FILE_MB * 2**20)) -> np.ndarray:
     """One MIDI file -> canonical grid notes, or MidiError (its `reason` goes into the report)."""
-    notes = read_midi(path, repr_cfg, parser)
+    notes = read_midi(path, repr_cfg, parser, max_bytes=max_bytes, max_steps=max_steps)
     if len(notes) == 0:
         raise MidiError(path, "out-of-range",
                         f"no note in the pitch range [{repr_cfg.min_pitch}, {repr_cfg.max_pitch})")
     steps = num_steps(notes)
     if steps < min_steps:
         raise MidiError(path, "too-short", f"{steps} steps < --min-steps {min_steps}")
+    if steps > max_steps:  # the file's length was checked; a zero-length note at its very end can add a step
+        raise MidiError(path, "too-long", f"{steps} steps > --max-steps {max_steps}")
+    silent = silent_steps(notes)
+    if silent > max_silence * steps:
+        raise MidiError(path, "mostly-silent", f"{silent} of its {steps} steps are silent ({silent / steps:.1%} > "
+                        f"--max-silence {max_silence:g})")
     return notes
 
 
-def _work(task: tuple[str, int, int, int, str]) -> tuple[bool, Any]:
+def _work(task: tuple[str, int, int, int, str, int, float, int]) -> tuple[bool, Any]:
     """Pool worker: -> (True, (encoded notes, steps, notes)) or (False, (reason, detail))."""
-    path, min_pitch, max_pitch, min_steps, parser = task
+    path, min_pitch, max_pitch, min_steps, parser, max_steps, max_silence, max_bytes = task
     try:
-        notes = process_file(path, ReprConfig(min_pitch, max_pitch), min_steps, parser)
+        notes = process_file(path, ReprConfig(min_pitch, max_pitch), min_steps, parser, max_steps=max_steps,
+                             max_silence=max_silence, max_bytes=max_bytes)
     except MidiError as e:
         return False, (e.reason, e.detail)
     except Exception as e:  # noqa: BLE001 (a reader bug must not end a run over 100k files; reported with its type)
@@ -125,35 +156,34 @@ def assign_splits(sources: list[str], given: list[str | None], val_fraction: flo
 
 # --------------------------------------------------------------------------------------------------- output folder
 
+def printable(text: str) -> str:
+    """A name as valid UTF-8: bytes that were not (os.fsdecode's surrogates) become \\xNN escapes."""
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
 def _write_json_atomic(path: Path, obj: Any) -> None:
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+    # backslashreplace: a stray surrogate in some detail text must not fail the run after all the work
+    tmp.write_bytes((json.dumps(obj, indent=1, ensure_ascii=False) + "\n").encode("utf-8", "backslashreplace"))
     tmp.replace(path)
 
 
 def check_existing(out_dir: Path, settings: dict[str, Any], force: bool) -> None:
-    """Refuse to overwrite a shard folder made with other settings (unless --force)."""
+    """Refuse to overwrite a shard folder made with other settings (unless --force). A setting an older deepj did not
+    have (absent from its manifest) counts as this deepj's default, so a rerun with defaults is not refused."""
     path = out_dir / MANIFEST
     if not path.is_file() or force:
         return
     try:
         old = json.loads(path.read_text(encoding="utf-8")).get("settings", {})
-    except (json.JSONDecodeError, AttributeError):
+        old = {**{k: v for k, v in dataclasses.asdict(Settings()).items() if k not in old}, **old}
+    except (json.JSONDecodeError, UnicodeDecodeError, AttributeError, TypeError):
         raise PreprocessError(f"{path} exists but is not a readable manifest; use --force to overwrite it") from None
     diff = [k for k in sorted(set(old) | set(settings)) if old.get(k) != settings.get(k)]
     if diff:
         changes = "; ".join(f"{k}: {old.get(k)!r} -> {settings.get(k)!r}" for k in diff)
         raise PreprocessError(f"{out_dir} holds shards made with other settings ({changes}); use --force to "
                               "replace them, or choose another OUTPUT_DIR")
-
-
-def _remove_stale(out_dir: Path, keep: set[str]) -> list[str]:
-    removed = []
-    for p in sorted(out_dir.iterdir()):
-        if SHARD_NAME.match(p.name) and p.name not in keep and p.is_file():
-            p.unlink()
-            removed.append(p.name)
-    return removed
 
 
 def split_totals(shards: list[ShardEntry], splits) -> dict[str, Any]:
@@ -174,9 +204,19 @@ def _read_all(corpus: Corpus, settings: Settings, workers: int, spool, progress:
     -> written [(piece index, spool offset, length, steps, notes)], skipped [{"file", "reason", "detail"}]."""
     from tqdm import tqdm
 
-    tasks = [(str(p.path), settings.min_pitch, settings.max_pitch, settings.min_steps, settings.parser)
-             for p in corpus.pieces]
-    written, skipped = [], []
+    written, skipped, todo = [], [], []
+    for i, p in enumerate(corpus.pieces):
+        source = corpus.source(p)
+        try:
+            source.encode("utf-8")
+        except UnicodeEncodeError:  # its name goes into shards and reports, which are UTF-8: say so, do not fail
+            skipped.append({"file": printable(source), "reason": "bad-name",
+                            "detail": "the file name is not valid UTF-8; rename the file"})
+            continue
+        todo.append(i)
+    max_bytes = int(settings.max_file_mb * 2**20)
+    tasks = [(str(corpus.pieces[i].path), settings.min_pitch, settings.max_pitch, settings.min_steps, settings.parser,
+              settings.max_steps, settings.max_silence, max_bytes) for i in todo]
     pool = None
     if workers > 1 and len(tasks) > 1:
         import multiprocessing as mp
@@ -189,7 +229,7 @@ def _read_all(corpus: Corpus, settings: Settings, workers: int, spool, progress:
     bar = tqdm(total=len(tasks), desc="reading MIDI", unit="file", disable=not progress, file=sys.stderr,
                mininterval=1.0)
     try:
-        for i, (ok, payload) in enumerate(results):
+        for i, (ok, payload) in zip(todo, results):
             if ok:
                 blob, steps, n = payload
                 written.append((i, spool.tell(), len(blob), steps, n))
@@ -211,58 +251,83 @@ def preprocess(input_spec: str, out_dir: str | Path, settings: Settings | None =
     """Run the whole step; returns the manifest written. Raises PreprocessError (exit status in `.code`)."""
     t0 = time.time()
     out_dir = Path(out_dir)
-    try:
-        corpus = open_corpus(input_spec, periods_file)
-    except CorpusError as e:
-        raise PreprocessError(str(e), code=2) from None
-    settings = dataclasses.replace(settings or Settings(), periods=dict(corpus.report.get("period_overrides", {})))
+    settings = settings or Settings()
     repr_cfg = settings.validate()
-    input_name = "demo" if input_spec == "demo" else str(Path(input_spec).resolve())
-    manifest_settings = {"source": corpus.kind, "input": input_name, **dataclasses.asdict(settings)}
+    try:
+        # Taken first: a second run is refused at once, before it spends minutes listing (or building) a corpus.
+        with OutputFolder(out_dir) as folder:
+            had_output = (out_dir / MANIFEST).exists()
+            try:
+                corpus = open_corpus(input_spec, periods_file)
+            except CorpusError as e:
+                raise PreprocessError(str(e), code=2) from None
+            settings = dataclasses.replace(settings, periods=dict(corpus.report.get("period_overrides", {})))
+            input_name = "demo" if input_spec == "demo" else printable(str(Path(input_spec).resolve()))
+            manifest_settings = {"source": corpus.kind, "input": input_name, **dataclasses.asdict(settings)}
+            try:
+                return _run(corpus, input_spec, folder, settings, repr_cfg, manifest_settings, force, workers,
+                            progress, t0)
+            except OSError as e:  # a full disk, a quota, a folder made read-only meanwhile ...
+                where = f" ({printable(e.filename)})" if isinstance(e.filename, str) else ""
+                kept = "the earlier output there is unchanged" if had_output else "nothing was written"
+                raise PreprocessError(f"writing the output in {out_dir} failed: {e.strerror or e}{where}; "
+                                      f"{kept}") from None
+    except OutputError as e:
+        raise PreprocessError(str(e), code=2) from None
+
+
+def _run(corpus: Corpus, input_spec: str, folder: OutputFolder, settings: Settings, repr_cfg: ReprConfig,
+         manifest_settings: dict[str, Any], force: bool, workers: int | None, progress: bool, t0: float) -> Manifest:
+    """The run, inside the locked output folder: everything is written into its staging folder, then committed."""
+    out_dir, staging = folder.dir, folder.staging
     check_existing(out_dir, manifest_settings, force)
     if not corpus.pieces:
         what = "no .mid/.midi files under" if corpus.kind != "maestro" else "no existing MIDI file listed in"
         raise PreprocessError(f"nothing to do: {what} {input_spec}", code=1)
 
-    out_dir.mkdir(parents=True, exist_ok=True)
     workers = max(1, workers or os.cpu_count() or 1)
     pieces = corpus.pieces
-    spool_path = out_dir / SPOOL
-    try:
-        with open(spool_path, "w+b") as spool:
-            written, skipped = _read_all(corpus, settings, workers, spool, progress)
-            skipped = sorted(corpus.skipped + skipped, key=lambda s: s["file"])
-            if not written:  # leave an earlier good output as it was; the report says what went wrong
-                report = _write_report(out_dir, corpus, skipped, [], [], t0)
-                raise PreprocessError(f"nothing usable in {input_spec}: all {len(pieces) + len(corpus.skipped)} "
-                                      f"files were skipped ({_counts_text(skipped)}); see {report}", code=1)
-            (out_dir / MANIFEST).unlink(missing_ok=True)  # until the new one is written, the folder is incomplete
-            sources = [corpus.source(pieces[i]) for i, *_ in written]
-            splits = assign_splits(sources, [pieces[i].split for i, *_ in written], settings.val_fraction,
-                                   settings.seed)
-            styles = sorted({pieces[i].style for i, *_ in written})
-            style_id = {s: k for k, s in enumerate(styles)}
-            listed = {p.split for p in pieces} | set(corpus.report.get("splits_listed", []))
-            present = [s for s in SPLITS if s != "test" or "test" in listed]  # train and val always
-            shard_bytes = int(settings.shard_size_mb * 2**20)
-            writers = {s: SplitWriter(out_dir, s, shard_bytes) for s in present}
+    with open(staging / SPOOL, "w+b") as spool:
+        written, skipped = _read_all(corpus, settings, workers, spool, progress)
+        skipped = sorted(corpus.skipped + skipped, key=lambda s: s["file"])
+        if not written:
+            counts = f"all {len(pieces) + len(corpus.skipped)} files were skipped ({_counts_text(skipped)})"
+            if (out_dir / MANIFEST).exists():  # an earlier good output stays exactly as it was, its report too
+                raise PreprocessError(f"nothing usable in {input_spec}: {counts}; the earlier output in {out_dir} "
+                                      "is unchanged", code=1)
+            report = _write_report(staging, corpus, skipped, [], [], t0)
+            report.replace(out_dir / REPORT)  # the report says what went wrong
+            raise PreprocessError(f"nothing usable in {input_spec}: {counts}; see {out_dir / REPORT}", code=1)
+        sources = [corpus.source(pieces[i]) for i, *_ in written]
+        splits = assign_splits(sources, [pieces[i].split for i, *_ in written], settings.val_fraction, settings.seed)
+        styles = sorted({pieces[i].style for i, *_ in written})
+        style_id = {s: k for k, s in enumerate(styles)}
+        listed = {p.split for p in pieces} | set(corpus.report.get("splits_listed", []))
+        present = [s for s in SPLITS if s != "test" or "test" in listed]  # train and val always
+        shard_bytes = int(settings.shard_size_mb * 2**20)
+        writers = {s: SplitWriter(staging, s, shard_bytes) for s in present}
+        try:
             for k in sorted(range(len(written)), key=lambda k: sources[k]):  # sorted source order in each split
                 i, offset, length, _steps, _n = written[k]
                 spool.seek(offset)
                 style = pieces[i].style
                 writers[splits[k]].add(sources[k], style, style_id[style], decode_notes(spool.read(length)))
             shards = [e for s in present for e in writers[s].close()]
-    finally:
-        spool_path.unlink(missing_ok=True)
+        except BaseException:
+            for w in writers.values():
+                w.abort()
+            raise
+    (staging / SPOOL).unlink()
 
-    stale = _remove_stale(out_dir, {e.name for e in shards})
+    stale = folder.stale_shards({e.name for e in shards})
     totals = split_totals(shards, present)
     totals.update(files_seen=len(pieces) + len(corpus.skipped), files_skipped=len(skipped))
-    manifest = Manifest(dir=out_dir, representation=repr_cfg, styles=StyleTree.from_leaves(styles),
+    manifest = Manifest(dir=staging, representation=repr_cfg, styles=StyleTree.from_leaves(styles),
                         shards=tuple(shards), totals=totals, settings=manifest_settings, tool=f"deepj {__version__}")
-    _write_report(out_dir, corpus, skipped, shards, styles, t0, stale)
+    _write_report(staging, corpus, skipped, shards, styles, t0, stale)
     manifest.write()
-    return manifest
+    folder.commit([e.name for e in shards] + [REPORT], stale)
+    return dataclasses.replace(manifest, dir=out_dir)
 
 
 def _counts_text(skipped: list[dict]) -> str:
@@ -278,7 +343,7 @@ def _write_report(out_dir: Path, corpus: Corpus, skipped: list[dict], shards: li
         per_split[e.split] += e.pieces
     report = {
         "source": corpus.kind,
-        "root": str(corpus.root),
+        "root": printable(str(corpus.root)),
         "files_seen": len(corpus.pieces) + len(corpus.skipped),
         "pieces_written": sum(per_split.values()),
         "counts": dict(sorted(Counter(s["reason"] for s in skipped).items())),
@@ -321,6 +386,12 @@ def main(argv: list[str] | None = None) -> int:
                     "split that go to val")
     ap.add_argument("--seed", type=int, default=d.seed, help="seed of the train/val hash")
     ap.add_argument("--min-steps", type=int, default=d.min_steps, help="skip pieces shorter than this many 16ths")
+    ap.add_argument("--max-steps", type=int, default=d.max_steps, help="skip files lasting longer than this many "
+                    f"16ths (reason too-long; at most {MAX_PIECE_STEPS})")
+    ap.add_argument("--max-silence", type=float, default=d.max_silence, help="skip pieces with a larger share of "
+                    "silent steps (reason mostly-silent; 1 keeps all)")
+    ap.add_argument("--max-file-mb", type=float, default=d.max_file_mb, help="skip larger files unread (reason "
+                    "too-large)")
     ap.add_argument("--min-pitch", type=int, default=d.min_pitch, help="lowest MIDI pitch kept (inclusive)")
     ap.add_argument("--max-pitch", type=int, default=d.max_pitch, help="highest MIDI pitch kept (exclusive)")
     ap.add_argument("--periods", default=None, help='JSON {"composer or slug": "period"} overriding the built-in '
@@ -329,7 +400,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--force", action="store_true", help="overwrite a shard folder made with other settings")
     args = ap.parse_args(argv)
     settings = Settings(val_fraction=args.val_fraction, seed=args.seed, shard_size_mb=args.shard_size_mb,
-                        min_steps=args.min_steps, min_pitch=args.min_pitch, max_pitch=args.max_pitch,
+                        min_steps=args.min_steps, max_steps=args.max_steps, max_silence=args.max_silence,
+                        max_file_mb=args.max_file_mb, min_pitch=args.min_pitch, max_pitch=args.max_pitch,
                         parser=args.parser)
     try:
         manifest = preprocess(args.input, args.output_dir, settings, periods_file=args.periods,

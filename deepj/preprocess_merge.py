@@ -21,6 +21,8 @@ WORK/slice-NNNN/shards and writes WORK/slice-NNNN/DONE. A slice in which no file
   fixed mtime, as deepj.data.shards.SplitWriter writes it; identical bytes when nothing changes) and gets a new sha256;
   a shard whose ids are unchanged is hard-linked (or copied);
 - totals and report.json summed over the slices (report.json also lists the slices). The manifest is written last.
+OUTPUT_DIR is taken as preprocess takes it (deepj.data.shards.OutputFolder): locked for the merge, built in a private
+folder inside it and put in place only when complete, so a merge that fails leaves an earlier output as it was.
 The merged folder holds the same pieces, styles and splits as one preprocess run over INPUT, packed into different
 shards; one difference: preprocess moves the smallest-hash piece to val when a run would otherwise have no val
 piece, which a small slice can trigger for one of its pieces.
@@ -40,7 +42,7 @@ from typing import Any
 
 from deepj import __version__
 from deepj.data.manifest import MANIFEST, Manifest, ShardEntry, ShardError
-from deepj.data.shards import META_KEY, NOTES_KEY, REPORT, sha256_file
+from deepj.data.shards import META_KEY, NOTES_KEY, REPORT, OutputError, OutputFolder, sha256_file
 from deepj.music.styles import StyleTree
 
 DONE = "DONE"
@@ -232,7 +234,9 @@ def _place(src: Path, dst: Path) -> None:
 
 
 def merge(work: str | Path, out_dir: str | Path, *, remove_slices: bool = False) -> Manifest:
-    from deepj.preprocess import _remove_stale, split_totals
+    """Merge WORK's slices into OUTPUT_DIR, as preprocess writes a folder (deepj.data.shards.OutputFolder): refused
+    while another run holds it, built in a private folder inside it, put in place only when complete."""
+    from deepj.preprocess import split_totals
 
     work, out_dir = Path(work), Path(out_dir)
     slices = _load_slices(work)
@@ -240,41 +244,42 @@ def merge(work: str | Path, out_dir: str | Path, *, remove_slices: bool = False)
     made = [s for s in slices if s["manifest"] is not None]
     styles = sorted({st for s in made for st in s["manifest"].styles.styles})
     new_id = {st: k for k, st in enumerate(styles)}
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / MANIFEST).unlink(missing_ok=True)  # incomplete until the new manifest is written
     present = [sp for sp in SPLITS if any(sp in s["manifest"].totals for s in made)]
-    shards: list[ShardEntry] = []
-    rewritten = 0
-    for split in present:
-        n = 0
-        for s in made:
-            mapping = [new_id[st] for st in s["manifest"].styles.styles]
-            for entry in (e for e in s["manifest"].shards if e.split == split):
-                name = f"{split}-{n:06d}.tar"
-                n += 1
-                src, dst = s["dir"] / "shards" / entry.name, out_dir / name
-                new = dataclasses.replace(entry, name=name, piece_styles=tuple(mapping[k] for k in entry.piece_styles))
-                if new.piece_styles == entry.piece_styles:
-                    _place(src, dst)
-                else:
-                    rewrite_style_ids(src, dst, mapping)
-                    rewritten += 1
-                    new = dataclasses.replace(new, bytes=dst.stat().st_size, sha256=sha256_file(dst))
-                shards.append(new)
-    _remove_stale(out_dir, {e.name for e in shards})
+    with OutputFolder(out_dir, "merge") as folder:
+        staging = folder.staging
+        shards: list[ShardEntry] = []
+        rewritten = 0
+        for split in present:
+            n = 0
+            for s in made:
+                mapping = [new_id[st] for st in s["manifest"].styles.styles]
+                for entry in (e for e in s["manifest"].shards if e.split == split):
+                    name = f"{split}-{n:06d}.tar"
+                    n += 1
+                    src, dst = s["dir"] / "shards" / entry.name, staging / name
+                    new = dataclasses.replace(entry, name=name,
+                                              piece_styles=tuple(mapping[k] for k in entry.piece_styles))
+                    if new.piece_styles == entry.piece_styles:
+                        _place(src, dst)
+                    else:
+                        rewrite_style_ids(src, dst, mapping)
+                        rewritten += 1
+                        new = dataclasses.replace(new, bytes=dst.stat().st_size, sha256=sha256_file(dst))
+                    shards.append(new)
 
-    totals = split_totals(shards, present)
-    reports = [s["report"] for s in slices if s["report"] is not None]
-    totals["files_seen"] = sum(r["files_seen"] for r in reports)
-    totals["files_skipped"] = sum(len(r["skipped"]) for r in reports)
-    settings = dict(base.settings, input=slices[0]["done"]["input"])
-    manifest = Manifest(dir=out_dir, representation=base.representation, styles=StyleTree.from_leaves(styles),
-                        shards=tuple(shards), totals=totals, settings=settings, tool=f"deepj {__version__}")
-    _write_report(out_dir, slices, reports, shards, styles, rewritten)
-    manifest.write()
+        totals = split_totals(shards, present)
+        reports = [s["report"] for s in slices if s["report"] is not None]
+        totals["files_seen"] = sum(r["files_seen"] for r in reports)
+        totals["files_skipped"] = sum(len(r["skipped"]) for r in reports)
+        settings = dict(base.settings, input=slices[0]["done"]["input"])
+        manifest = Manifest(dir=staging, representation=base.representation, styles=StyleTree.from_leaves(styles),
+                            shards=tuple(shards), totals=totals, settings=settings, tool=f"deepj {__version__}")
+        _write_report(staging, slices, reports, shards, styles, rewritten)
+        manifest.write()
+        folder.commit([e.name for e in shards] + [REPORT], folder.stale_shards({e.name for e in shards}))
     if remove_slices:
         shutil.rmtree(work)
-    return manifest
+    return dataclasses.replace(manifest, dir=out_dir)
 
 
 def _sum_dicts(dicts: list[dict[str, int]]) -> dict[str, int]:
@@ -337,7 +342,7 @@ def main(argv: list[str] | None = None) -> int:
         if rest:
             ap.error(f"unrecognized arguments: {' '.join(rest)}")
         manifest = merge(args.work, args.output_dir, remove_slices=args.remove_slices)
-    except (MergeError, ShardError, OSError) as e:
+    except (MergeError, ShardError, OutputError, OSError) as e:
         print(f"preprocess_merge: error: {e}", file=sys.stderr)
         return 2
     t = manifest.totals

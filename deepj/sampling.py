@@ -50,7 +50,7 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
-from deepj.config import ConfigError
+from deepj.config import finite, require
 from deepj.model import DeepJ, LSTMState
 from deepj.music.constants import NUM_CHANNELS, PLAY, REPLAY, STEPS_PER_BAR, VOLUME
 
@@ -70,19 +70,16 @@ class SampleConfig:
     cuda_graph: bool = True  # mode "stateful" on CUDA: replay one captured step (falls back to eager if capture fails)
 
     def __post_init__(self) -> None:
-        if self.steps < 1:
-            raise ConfigError(f"sample.steps must be at least 1, got {self.steps}")
-        if self.temperature <= 0:
-            raise ConfigError(f"sample.temperature must be > 0, got {self.temperature}")
-        if self.mode not in MODES:
-            raise ConfigError(f"sample.mode must be one of {', '.join(map(repr, MODES))}, got {self.mode!r}")
-        if self.window < 1:
-            raise ConfigError(f"sample.window must be at least 1, got {self.window}")
-        if self.silence_bars < 0 or self.silence_step < 0:
-            raise ConfigError(f"sample.silence_bars={self.silence_bars} and sample.silence_step={self.silence_step}"
-                              " must both be >= 0")
-        if self.silence_redraws < 0:
-            raise ConfigError(f"sample.silence_redraws must be >= 0, got {self.silence_redraws}")
+        require(self.steps >= 1, "sample.steps", "at least 1", self.steps)
+        # nan and inf temperatures pass a plain `> 0` and sample silence or noise: every float must be finite
+        require(finite(self.temperature) and self.temperature > 0, "sample.temperature", "> 0 and finite",
+                self.temperature)
+        require(self.mode in MODES, "sample.mode", f"one of {', '.join(map(repr, MODES))}", self.mode)
+        require(self.window >= 1, "sample.window", "at least 1", self.window)
+        require(self.silence_bars >= 0, "sample.silence_bars", "at least 0", self.silence_bars)
+        require(finite(self.silence_step) and self.silence_step >= 0, "sample.silence_step", ">= 0 and finite",
+                self.silence_step)
+        require(self.silence_redraws >= 0, "sample.silence_redraws", ">= 0", self.silence_redraws)
 
 
 def silence_temperature(silent_steps: Tensor, cfg: SampleConfig) -> Tensor:

@@ -16,9 +16,11 @@
 #                         delivers a step signal to every process of the step, so the workers get USR2 directly,
 #                         save at the same step (deepj/training/preempt.py) and exit 75; torchrun just sees them finish, with
 #                         no 30-second kill timer (pytorch #119856) running against the checkpoint write. An ignored
-#                         signal stays ignored across exec, and each worker installs its own USR2 handler.
-# torchrun reports a worker's exit 75 as its own exit 1 (a failed worker group); callers that need to know whether
-# the run finished ask `python -m deepj.launch status RUN_DIR`.
+#                         signal stays ignored across exec, and each worker installs its own USR2 handler. Without
+#                         it a USR2 kills torchrun; its workers see their parent gone at the next step, save that
+#                         step and exit 75 (deepj/training/preempt.py), as they do when torchrun is SIGKILLed.
+# torchrun reports a worker's exit 75 (and 2: bad input, 3: a non-finite loss) as its own exit 1 (a failed worker
+# group); callers that need to know whether the run finished ask `python -m deepj.launch status RUN_DIR`.
 set -euo pipefail
 
 source "$(dirname "${BASH_SOURCE[0]}")/nodes.sh"  # nnodes, nproc, py

@@ -221,3 +221,81 @@ def _hand_cases() -> dict[str, MidiSpec]:
 
 
 HAND_CASES = _hand_cases()
+
+
+# ---- raw bytes: what mido will not write (huge delta times, format 2 and 3), written byte by byte ----
+
+BIG_DELTA = 0x0FFFFFFF  # the largest delta time a MIDI variable-length quantity holds (2**28 - 1 ticks)
+TEXT = bytes([0xFF, 0x01, 0x00])  # an empty text meta event: something to hang a delta time on
+
+
+def vlq(n: int) -> bytes:
+    """A MIDI variable-length quantity (7 bits a byte, high bit set on all but the last)."""
+    assert 0 <= n <= BIG_DELTA
+    out = [n & 0x7F]
+    n >>= 7
+    while n:
+        out.append(0x80 | (n & 0x7F))
+        n >>= 7
+    return bytes(reversed(out))
+
+
+def raw_midi(tracks: list[list[tuple[int, bytes]]], tpq: int = TPQ, fmt: int = 1) -> bytes:
+    """A standard MIDI file from per-track (delta ticks, event bytes) lists; each track gets its end-of-track."""
+    out = b"MThd" + (6).to_bytes(4, "big") + fmt.to_bytes(2, "big") + len(tracks).to_bytes(2, "big") + \
+        tpq.to_bytes(2, "big")
+    for events in tracks:
+        body = b"".join(vlq(d) + e for d, e in events) + b"\x00\xff\x2f\x00"
+        out += b"MTrk" + len(body).to_bytes(4, "big") + body
+    return out
+
+
+def raw_on(pitch: int, velocity: int = 100) -> bytes:
+    return bytes([0x90, pitch, velocity])
+
+
+def raw_off(pitch: int) -> bytes:
+    return bytes([0x80, pitch, 0])
+
+
+def raw_notes(steps: int, q: int = Q, pitch: int = 60) -> list[tuple[int, bytes]]:
+    """`steps` one-step notes, one after another (a piece that sounds throughout), at `q` ticks per step."""
+    ev: list[tuple[int, bytes]] = []
+    for s in range(steps):
+        ev += [(0, raw_on(pitch + s % 12)), (q, raw_off(pitch + s % 12))]
+    return ev
+
+
+def timing_files(folder: str | Path) -> dict[str, tuple[Path, str]]:
+    """Files whose time is out of bounds, and the reason preprocessing gives with its default settings
+    (--max-steps 100000, --max-silence 0.9) whichever parser reads them: name -> (path, reason)."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    piece = raw_notes(32)  # 32 steps at TPQ = 96
+    gap = lambda k: [(BIG_DELTA, TEXT)] * k  # noqa: E731 (k * 268 M ticks of nothing)
+    files = {
+        # a second note near tick 1.07e9: 44.7 M steps, 99.99 % silent (pretty_midi refuses it for its largest tick)
+        "far_note.mid": (raw_midi([piece + gap(4) + [(0, raw_on(62)), (Q, raw_off(62))]]), "too-long"),
+        # the notes end at step 32, the end-of-track event lies 11 M steps later: the file lasts that long
+        "far_end_of_track.mid": (raw_midi([piece + gap(1)]), "too-long"),
+        # a song-position message (system common) before the gap: both parsers read on past it, so must the check
+        "far_after_song_position.mid": (raw_midi([piece + [(0, bytes([0xF2, 1, 2]))] + gap(1) +
+                                                  [(0, raw_on(62)), (Q, raw_off(62))]]), "too-long"),
+        # past 2**31 ticks: symusic's int32 ticks turn negative (start -2147483560)
+        "negative_ticks.mid": (raw_midi([piece + gap(8) + [(100, raw_on(62)), (Q, raw_off(62))]]), "bad-timing"),
+        # past 2**32 ticks: symusic's ticks wrap to small numbers again, the second note reads as tick 848
+        "wrapped_ticks.mid": (raw_midi([piece + gap(16) + [(96, raw_on(62)), (Q, raw_off(62))]]), "bad-timing"),
+        # ticks below 2**31, but 1 tick per quarter makes 4 steps a tick: 5.4e9 steps, past the uint32 steps
+        "step_overflow.mid": (raw_midi([[(0, raw_on(60)), (8, raw_off(60))] + gap(5)], tpq=1), "bad-timing"),
+        # 4 sounding steps, then 396 silent ones before a last note: 98 % silence
+        "mostly_silent.mid": (raw_midi([raw_notes(4) + [(396 * Q, raw_on(62)), (Q, raw_off(62))]]),
+                              "mostly-silent"),
+        # independent sequences: their notes never sound together
+        "type2.mid": (raw_midi([piece, raw_notes(32, pitch=70)], fmt=2), "type-2"),
+        "format3.mid": (raw_midi([piece], fmt=3), "corrupt"),
+    }
+    out = {}
+    for name, (data, reason) in files.items():
+        (folder / name).write_bytes(data)
+        out[name] = (folder / name, reason)
+    return out

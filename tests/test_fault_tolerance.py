@@ -4,6 +4,7 @@ two nodes on one machine. Real torchrun, gloo, CPU."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 import pickle
 import signal
@@ -212,6 +213,8 @@ def test_malicious_checkpoint_is_refused(tiny_shards, tmp_path, monkeypatch):
     import json
     marker = json.loads((ckpt / "COMPLETE").read_text())
     marker["files"]["train.pt"] = good.stat().st_size
+    # The checksum would refuse the file first; make it match, so what is tested is weights_only loading.
+    marker["sha256"]["train.pt"] = hashlib.sha256(good.read_bytes()).hexdigest()
     (ckpt / "COMPLETE").write_text(json.dumps(marker))
     res = run_cli("-m", "deepj.generate", str(run), "--style", "baroque", "--out", str(tmp_path / "g"),
                   env_extra={"DEEPJ_PWNED": str(pwned)})

@@ -55,7 +55,7 @@ import torch.nn.functional as F
 
 from deepj import __version__, config
 from deepj.bench._machine import cpu_name
-from deepj.config import ConfigError
+from deepj.config import ConfigError, finite, require
 from deepj.model import DeepJ, ModelConfig
 from deepj.music.constants import NUM_CHANNELS, PIANO_MAX_PITCH, PIANO_MIN_PITCH, PLAY, STEPS_PER_BAR
 from deepj.music.representation import ReprConfig
@@ -232,10 +232,12 @@ class BL2012Train:
         for key in ("batch", "max_epochs", "patience", "decay_patience", "eval_frames"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"train.{key} must be at least 1, got {getattr(self, key)}")
-        if self.seq_len < 0 or self.transpose < 0 or self.max_minutes < 0:
-            raise ConfigError("train.seq_len, train.transpose and train.max_minutes must be at least 0")
-        if not 0.0 < self.lr_decay <= 1.0:
-            raise ConfigError(f"train.lr_decay must lie in (0, 1], got {self.lr_decay}")
+        if self.seq_len < 0 or self.transpose < 0:
+            raise ConfigError("train.seq_len and train.transpose must be at least 0")
+        # nan passes a plain `< 0` (and trains without a budget): every float setting must be finite
+        require(finite(self.max_minutes) and self.max_minutes >= 0, "train.max_minutes", ">= 0 and finite (0 = none)",
+                self.max_minutes)
+        require(0.0 < self.lr_decay <= 1.0, "train.lr_decay", "in (0, 1]", self.lr_decay)
 
 
 @dataclass

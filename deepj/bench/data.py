@@ -38,6 +38,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+from deepj.config import finite_float
 from deepj.music.constants import NUM_CHANNELS
 
 ROLL_ITEM_BYTES = 4  # float32
@@ -394,19 +395,19 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--midi", type=Path, default=None, help="folder of MIDI files (default: the demo corpus)")
     ap.add_argument("--shards", type=Path, default=None, help="shard folder whose loader to measure; without "
                     "--midi the reading part is skipped")
-    ap.add_argument("--seconds", type=float, default=5.0, help="bound of each timed loop")
+    ap.add_argument("--seconds", type=finite_float(0, lo_open=True), default=5.0, help="bound of each timed loop")
     ap.add_argument("--repeats", type=int, default=3, help="runs of each reading/preprocess timing and timed "
                     "loader segments (best and median reported)")
     ap.add_argument("--batch", type=int, default=16, help="loader micro-batch (windows per batch)")
     ap.add_argument("--workers-list", default="0,1,2", help="DataLoader worker counts to measure")
-    ap.add_argument("--shard-size-mb", type=float, default=0.1, help="shard size of the benchmark's preprocessing "
-                    "(small, so that the demo's train split spans more than one 8-shard shuffle block and the 1x/10x "
-                    "RSS comparison is not just a bigger block)")
+    ap.add_argument("--shard-size-mb", type=finite_float(0, lo_open=True), default=0.1,
+                    help="shard size of the benchmark's preprocessing (small, so that the demo's train split spans "
+                    "more than one 8-shard shuffle block and the 1x/10x RSS comparison is not just a bigger block)")
     ap.add_argument("--min-steps", type=int, default=32, help="preprocess --min-steps")
     ap.add_argument("--keep", type=Path, default=None, help="work in this folder and keep it (default: a temp folder)")
     args = ap.parse_args(argv)
-    if args.seconds <= 0 or args.repeats < 1 or args.batch < 1:
-        ap.error("--seconds must be > 0, --repeats and --batch >= 1")
+    if args.repeats < 1 or args.batch < 1:  # --seconds and --shard-size-mb: their type (finite, > 0)
+        ap.error("--repeats and --batch must be at least 1")
     try:
         worker_counts = [int(w) for w in args.workers_list.split(",") if w.strip()]
     except ValueError:

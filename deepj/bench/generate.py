@@ -83,12 +83,16 @@ def parse_args(argv=None):
     p.add_argument("--modes", default=",".join(MODES), help=f"comma-separated: {', '.join(MODES)}")
     p.add_argument("--repeats", type=int, default=3, help="timed calls per (mode, batch); the median is reported")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--max-seconds", type=float, help="skip a (mode, batch) whose probe predicts more than this")
+    p.add_argument("--max-seconds", type=config.finite_float(0, lo_open=True),
+                   help="skip a (mode, batch) whose probe predicts more than this")
     p.add_argument("--threads", type=int, default=1, help="CPU intra-op threads")
     p.add_argument("--silence-redraws", type=int, default=0, metavar="K",
                    help="redraws of a step that would begin a silence, in every mode (0: the paper's sampling)")
     args = p.parse_args(argv)
-    args.batches = [int(b) for b in args.batches.split(",") if b]
+    try:
+        args.batches = [int(b) for b in args.batches.split(",") if b]
+    except ValueError:
+        p.error(f"--batches: comma-separated integers, got {args.batches!r}")
     args.modes = [m for m in args.modes.split(",") if m]
     unknown = [m for m in args.modes if m not in MODES]
     if unknown:

@@ -19,6 +19,7 @@ import dataclasses
 import json
 import platform
 import statistics
+import sys
 import time
 from contextlib import nullcontext
 
@@ -37,9 +38,9 @@ def parse_args(argv=None):
     p.add_argument("overrides", nargs="*", help="key=value config overrides")
     p.add_argument("--precision", default="fp32,bf16", help="comma-separated: fp32, bf16 (fp16 on CUDA)")
     p.add_argument("--dropout", default="deepj,torch", help="comma-separated: deepj (the model's), torch (F.dropout)")
-    p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--steps", type=int, default=6, help="timed passes per setting")
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--threads", type=config.int_range(1), default=1)
+    p.add_argument("--steps", type=config.int_range(1), default=6, help="timed passes per setting")
+    p.add_argument("--device", type=config.device_option, default="cpu", help="cpu, cuda or cuda:N")
     return p.parse_args(argv)
 
 
@@ -71,7 +72,11 @@ def time_setting(model: DeepJ, batch: dict, precision: str, kind: str, steps: in
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    cfg = config.load(TrainConfig, args.config, args.overrides)
+    try:
+        cfg = config.load(TrainConfig, args.config, args.overrides)
+    except config.ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     try:

@@ -31,6 +31,7 @@ import itertools
 import json
 import math
 import statistics
+import sys
 import time
 from pathlib import Path
 
@@ -54,7 +55,7 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(prog="python -m deepj.bench train", description=__doc__.split("\n\n")[0])
     p.add_argument("--config", default="configs/paper.toml", help="model sizes and optimizer from this config")
     p.add_argument("overrides", nargs="*", help="key=value config overrides (model.*, optim.*, data.seq_len)")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--device", type=config.device_option, default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--batches", default="16,32,64,128,256,512,1024", help="comma-separated windows per step")
     p.add_argument("--precisions", default="bf16,fp16,fp32", help="comma-separated: bf16, fp16 (CUDA), fp32")
     p.add_argument("--graph", action="store_true", help="also time the step captured in one CUDA graph")
@@ -64,7 +65,14 @@ def parse_args(argv=None):
     p.add_argument("--layer-study", type=int, default=0, metavar="B",
                    help="also time one LSTM layer of each axis at batch B in layouts and bias variants")
     p.add_argument("--out", type=Path, default=None, help="folder for profile.txt and train.json")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    try:
+        batches = [int(b) for b in args.batches.split(",") if b.strip()]
+    except ValueError:
+        batches = []
+    if not batches or min(batches) < 1:
+        p.error(f"--batches: comma-separated integers >= 1, got {args.batches!r}")
+    return args
 
 
 # --------------------------------------------------------------------------------------------------- peaks
@@ -351,7 +359,11 @@ def table(rows: list[dict]) -> str:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    cfg = config.load(TrainConfig, args.config, args.overrides)
+    try:
+        cfg = config.load(TrainConfig, args.config, args.overrides)
+    except config.ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     device = torch.device(args.device)
     cuda = device.type == "cuda"
     cfg.model = dataclasses.replace(cfg.model, num_notes=48, num_styles=NUM_STYLES)

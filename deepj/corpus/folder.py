@@ -3,7 +3,8 @@
 Every `*.mid` / `*.midi` (any case) under the root counts, at any depth; files directly in the root get the style
 `default`. Names are lower-cased so `Baroque/Bach` and `baroque/bach` are one style. Symlinked folders are not
 followed (a link loop would never end); a symlinked file is read through its link. An entry that is named like a MIDI
-file but cannot be read (a directory `x.mid`, a dangling link) is still listed, so the report names it.
+file but cannot be read (a directory `x.mid`, a dangling link, a FIFO or a link to /dev/zero) is still listed, so the
+report names it; the reader refuses it without reading (deepj.music.midi_io: `unreadable`, `not-a-file`).
 """
 
 from __future__ import annotations

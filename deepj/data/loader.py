@@ -19,6 +19,7 @@ this module is the loader a training run holds: its config, its batches and its 
 
 from __future__ import annotations
 
+import signal
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -83,14 +84,49 @@ def accumulation_steps(global_batch: int, micro_batch: int, world_size: int) -> 
     return global_batch // per_step
 
 
+def shard_file_problems(manifest: Manifest, split: str) -> list[str]:
+    """A sentence per shard of `split` whose file is missing or not the size manifest.json gives; cheap (a stat per
+    shard, no checksum), for a check at start. [] when all are there (or the split has no shards)."""
+    problems = []
+    for s in manifest.shards:
+        if s.split != split:
+            continue
+        path = manifest.dir / s.name
+        if not path.is_file():
+            problems.append(f"{path}: shard file missing (listed in manifest.json)")
+        elif path.stat().st_size != s.bytes:
+            what = "truncated" if path.stat().st_size < s.bytes else "of the wrong size"
+            problems.append(f"{path}: shard {what}: {path.stat().st_size} bytes, manifest.json says {s.bytes}")
+    return problems
+
+
+def _worker_signals(_worker_id: int) -> None:
+    """DataLoader workers leave stop signals to the trainer: Ctrl-C reaches the terminal's whole process group and
+    Slurm signals every process of a step, and a worker killed by them would fail the trainer's next batch before it
+    could save. Workers still end when the trainer stops them, and by themselves when it dies (DataLoader's
+    watchdog)."""
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR2):
+        signal.signal(sig, signal.SIG_IGN)
+
+
+def _original_message(e: ShardError) -> str:
+    """The ShardError's own sentence: DataLoader re-raises a worker's exception with the worker's traceback as its
+    message ("Caught ShardError in DataLoader worker process 0. Original Traceback ... ShardError: <message>")."""
+    text = str(e)
+    if "Original Traceback" in text and "ShardError: " in text:
+        return text.rsplit("ShardError: ", 1)[1].strip()
+    return text
+
+
 def _stream(ds: MicroBatches, workers: int, skipped: dict[str, str],
             pin_memory: bool = False) -> Iterator[dict[str, Any]]:
     """Run a plan in-process or with DataLoader workers; add the prev/target views; report each bad shard once."""
     workers = min(workers, ds.plan.count)
     it = iter(ds) if workers == 0 else iter(DataLoader(ds, batch_size=None, num_workers=workers,
-                                                       pin_memory=pin_memory and torch.cuda.is_available()))
+                                                       pin_memory=pin_memory and torch.cuda.is_available(),
+                                                       worker_init_fn=_worker_signals))
     try:
-        for batch in it:
+        for batch in _clean_errors(it):
             for item in batch.pop("bad_shards", ()):
                 name, reason = item.split("\t", 1)
                 if name not in skipped:
@@ -111,6 +147,13 @@ def _open(cfg: DataConfig, split: str, manifest: Manifest | None = None) -> tupl
     """The manifest (read from data.dir unless given) and the split's catalogue of windows."""
     manifest = manifest if manifest is not None else Manifest.load(cfg.dir)
     return manifest, Catalogue(manifest, split, cfg.seq_len, cfg.stride)
+
+
+def _clean_errors(it: Iterator[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+    try:
+        yield from it
+    except ShardError as e:
+        raise ShardError(_original_message(e)) from None
 
 
 class StreamingLoader:
@@ -143,11 +186,12 @@ class StreamingLoader:
                              f"stride {cfg.stride}), fewer than one global batch {global_batch}; lower the batch or "
                              "the stride")
         self.global_batch, self.accumulation = global_batch, accumulation
-        if cfg.on_error == "raise":  # fail at start, not hours in, on a shard that is plainly missing or cut short
-            for s in self._cat.shards:
-                path = self._cat.dir / s.name
-                if not path.is_file() or path.stat().st_size < s.bytes:
-                    raise ShardError(f"{path}: shard file missing or truncated (manifest.json says {s.bytes} bytes)")
+        # Fail at start, not hours in, on a shard that is plainly missing or of the wrong size (checksums are checked
+        # as blocks are read). In skip mode such shards are skipped when read, unless none is left to read.
+        problems = shard_file_problems(self.manifest, split)
+        if problems and (cfg.on_error == "raise" or len(problems) == len(self._cat.shards)):
+            raise ShardError("; ".join(problems[:5]) + (f" (and {len(problems) - 5} more)" if len(problems) > 5 else "")
+                             + ("" if cfg.on_error == "raise" else f": no readable shard left in split {split!r}"))
         self.epoch, self._consumed, self._micro, self._generation = 0, 0, 0, 0
         self.skipped_shards: dict[str, str] = {}
 
@@ -195,10 +239,31 @@ class StreamingLoader:
             raise RuntimeError(f"loader produced {done} of {remaining} micro-batches of epoch {epoch}")
 
     def state_dict(self) -> dict[str, Any]:
+        # seq_len and stride: two windowings can have the same number of windows, and then total_windows alone would
+        # not show that a saved position means other windows now. States saved before they were added lack them.
         return {"version": STATE_VERSION, "split": self.split, "epoch": self.epoch, "consumed": self._consumed,
                 "micro": self._micro, "seed": self.seed, "global_batch": self.global_batch,
-                "total_windows": self._cat.total, "shuffle": int(self.shuffle),
-                "shuffle_block": self.cfg.shuffle_block, "corpus": self.corpus}
+                "total_windows": self._cat.total, "seq_len": self.cfg.seq_len, "stride": self.cfg.stride,
+                "shuffle": int(self.shuffle), "shuffle_block": self.cfg.shuffle_block, "corpus": self.corpus}
+
+    def position_changes(self, state: dict[str, Any]) -> list[str]:
+        """What makes a saved position mean other windows under this loader's settings, as "key: old -> new"
+        sentences naming the config key ([] when the position carries over). The epoch's order is a function of
+        (seed, windowing, shuffle_block), and `consumed` counts positions in that order."""
+        names = {"seed": "seed", "seq_len": "data.seq_len", "stride": "data.stride",
+                 "shuffle_block": "data.shuffle_block"}
+        mine = self.state_dict()
+        out = [f"{name}: {state[key]!r} -> {mine[key]!r}" for key, name in names.items()
+               if key in state and state[key] != mine[key]]
+        if not out and state.get("total_windows") != mine["total_windows"]:
+            out.append(f"windows in split {self.split!r}: {state.get('total_windows')} -> {mine['total_windows']} "
+                       "(data.seq_len or data.stride)")
+        return out
+
+    def restart_at_epoch(self, epoch: int) -> None:
+        """Start `epoch` from its beginning (a resume whose saved position does not carry over)."""
+        self.epoch, self._consumed, self._micro = int(epoch), 0, 0
+        self._generation += 1
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if state.get("version") != STATE_VERSION:
@@ -207,8 +272,8 @@ class StreamingLoader:
             raise ValueError(f"loader state was saved in the middle of an optimizer step (micro-batch "
                              f"{state['micro']}); save only after a step completes")
         mine = self.state_dict()
-        for key in ("split", "seed", "total_windows", "shuffle", "shuffle_block", "corpus"):
-            if state[key] != mine[key]:
+        for key in ("split", "seed", "total_windows", "seq_len", "stride", "shuffle", "shuffle_block", "corpus"):
+            if key in state and state[key] != mine[key]:
                 raise ValueError(f"loader state {key}={state[key]!r} does not match this loader's {mine[key]!r}: "
                                  "the data, seed or windowing changed since the checkpoint")
         if not 0 <= state["consumed"] <= self._cat.total:
@@ -227,6 +292,8 @@ def validation_batches(cfg: DataConfig, *, micro_batch: int, rank: int, world_si
         raise ValueError(f"need micro_batch >= 1, num_batches >= 0, 0 <= rank < world_size; got {micro_batch}, "
                          f"{num_batches}, {rank}, {world_size}")
     manifest, cat = _open(cfg, split, manifest)
+    if cat.total == 0 and num_batches:
+        raise ShardError(f"split {split!r} of {manifest.path} has no pieces, so no validation windows")
     plan = ValPlan(num_batches, micro_batch, rank, world_size, cat.total)
     ds = MicroBatches(cat, Order(cat, 0, 0, False, cfg.shuffle_block), manifest.representation, cfg,
                        manifest.styles.num_styles, False, plan)

@@ -11,21 +11,31 @@ shards it is handed, one block at a time.
 
 from __future__ import annotations
 
+import errno
 import hashlib
+import os
+import re
+import secrets
+import shutil
+import socket
+import sys
+import time
 import zlib
 from pathlib import Path
 
 import numpy as np
 
-from deepj.data.manifest import ShardEntry, ShardError
+from deepj.data.manifest import MANIFEST, ShardEntry, ShardError
 from deepj.music.representation import NOTE_DTYPE, empty_notes
 
 NOTES_KEY = "notes.bin"
 META_KEY = "json"
 REPORT = "report.json"
 _MAGIC = b"DJN1"
-
-
+SHARD_NAME = re.compile(r"^(train|val|test)-\d{6}\.tar(\.tmp)?$")  # ours, finished or left by a killed run
+LOCK = ".lock"
+STAGING_PREFIX = ".building-"
+OLD_SPOOL = ".preprocess-spool.tmp"  # what runs before OutputFolder spooled into; removed when found
 
 
 def encode_notes(notes: np.ndarray) -> bytes:
@@ -124,8 +134,8 @@ class SplitWriter:
             self._finish()
 
     def _finish(self) -> None:
-
-        self._writer.close()  # closes the file object too
+        self._writer.close()  # writes the tar's end; the file object stays open (tarfile did not open it)
+        self._fh.close()  # flushed before the size and checksum are taken
         tmp = self.out_dir / (self._name + ".tmp")
         tmp.replace(self._path)
         self.entries.append(ShardEntry(name=self._name, split=self.split, pieces=len(self._steps),
@@ -138,3 +148,176 @@ class SplitWriter:
         if self._writer is not None:
             self._finish()
         return self.entries
+
+    def abort(self) -> None:
+        """After a failure (a full disk): close the shard being written without writing more; its .tmp file stays
+        for the caller to remove (preprocess removes its whole staging folder)."""
+        writer, fh = self._writer, self._fh
+        self._writer = self._fh = None
+        for close in ([writer.tarstream.fileobj.close] if writer is not None else []) + ([fh.close] if fh else []):
+            try:
+                close()  # tarfile's stream would otherwise retry its write when collected, and fail again
+            except (OSError, ValueError):
+                pass
+
+
+# --------------------------------------------------------------------------------------------------- output folder
+
+class OutputError(Exception):
+    """An output folder that cannot be used (a file, not writable, in use by another run); callers exit 2."""
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    except OSError as e:  # a folder on a file system that cannot sync directories: nothing more to do
+        if e.errno not in (errno.EINVAL, errno.EBADF):
+            raise
+    finally:
+        os.close(fd)
+
+
+class OutputFolder:
+    """A shard folder taken by one run (preprocess, preprocess_merge): a lock for the run's life, a private staging
+    folder inside it, and a commit that puts the new output in place only once all of it is written.
+
+    - Lock: fcntl.flock on OUT/.lock, held until `close()` or the process's death (the OS drops it then, so a killed
+      run never blocks the next). A second run is refused at once, naming the holder (pid, host, start), which the
+      holder writes into the lock file; the file is removed when the run ends.
+    - Staging: OUT/.building-<pid>-<random>/, on the same file system as the shards, so that the commit is renames
+      only. Every temporary file of the run lives there (a name no other run uses); a killed run's staging folder is
+      removed by the next run that takes the lock.
+    - Commit: the old manifest.json is moved aside first (a reader never sees it beside new shards), each new file
+      replaces its old namesake (moved aside too), the new manifest comes last; stale shards are removed after. Any
+      error during the commit moves everything back, so a failure anywhere leaves the old folder as it was. A kill
+      in the middle of the commit (a few renames) leaves no manifest.json: readers refuse the folder, the next run
+      rebuilds it.
+    """
+
+    def __init__(self, out_dir: str | Path, what: str = "preprocess"):
+        self.dir, self.what = Path(out_dir), what
+        self.staging: Path | None = None
+        self._fd: int | None = None
+        self._created = False
+
+    def __enter__(self) -> OutputFolder:
+        self.open()
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        self.close(failed=exc_type is not None)
+
+    def open(self) -> None:
+        out = self.dir
+        if out.exists() and not out.is_dir():
+            raise OutputError(f"{out} is a file, not a folder; give a folder (new or made by deepj) for the shards")
+        self._created = not out.exists()
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise OutputError(f"cannot create the output folder {out}: {e.strerror or e}") from None
+        try:
+            self._lock()
+            for p in sorted(out.glob(STAGING_PREFIX + "*")):  # a killed run's: no run uses them while we hold the lock
+                shutil.rmtree(p, ignore_errors=True)
+            (out / OLD_SPOOL).unlink(missing_ok=True)
+            self.staging = out / f"{STAGING_PREFIX}{os.getpid()}-{secrets.token_hex(4)}"
+            self.staging.mkdir()
+        except OSError as e:
+            self.close(failed=True)
+            raise OutputError(f"cannot write to the output folder {out} ({e.strerror or e}); give a folder you can "
+                              "write to") from None
+        except OutputError:
+            self.close(failed=True)
+            raise
+
+    def _lock(self) -> None:
+        import fcntl
+
+        path = self.dir / LOCK
+        while True:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = os.read(fd, 300).decode("utf-8", "replace").strip() or "holder unknown"
+                os.close(fd)
+                raise OutputError(f"{self.dir} is in use by another {self.what} run ({holder}); wait for it to end, "
+                                  "or choose another OUTPUT_DIR") from None
+            except OSError as e:
+                if e.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS):
+                    os.close(fd)
+                    raise
+                # A file system without locks (some NFS mounts): refusing every run there would be worse.
+                print(f"warning: {self.dir} cannot be locked ({e.strerror}); make sure no other run writes into it",
+                      file=sys.stderr)
+            # The holder removes the file as it ends: if ours was removed before we locked it, lock the new one.
+            try:
+                same = os.path.samestat(os.fstat(fd), os.stat(path))
+            except FileNotFoundError:
+                same = False
+            if same:
+                break
+            os.close(fd)
+        self._fd = fd
+        os.ftruncate(fd, 0)
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime())
+        os.write(fd, f"pid {os.getpid()} on host {socket.gethostname()}, since {when}\n".encode())
+
+    def close(self, failed: bool = False) -> None:
+        """Remove the staging folder and release the lock; after a failure, a folder this run created goes too."""
+        if self.staging is not None:
+            shutil.rmtree(self.staging, ignore_errors=True)
+            self.staging = None
+        if self._fd is not None:
+            try:
+                (self.dir / LOCK).unlink(missing_ok=True)  # while still held: see _lock
+            except OSError:
+                pass
+            os.close(self._fd)  # releases the lock
+            self._fd = None
+        if failed and self._created:
+            try:
+                self.dir.rmdir()  # only if empty: a run that fails leaves no folder it made
+            except OSError:
+                pass
+
+    def stale_shards(self, keep: set[str]) -> list[str]:
+        """Our shard files in the folder (finished or left by a killed run) that the new output does not hold."""
+        return sorted(p.name for p in self.dir.iterdir() if SHARD_NAME.match(p.name) and p.name not in keep
+                      and p.is_file())
+
+    def commit(self, files: list[str], stale: list[str]) -> None:
+        """Move `files` (names in the staging folder) and then the staged manifest.json into the folder; then remove
+        the `stale` shards. All or nothing up to the manifest (see the class docstring)."""
+        assert self.staging is not None
+        names = [*files, MANIFEST]
+        for name in names:  # on disk before any rename makes them the output
+            _fsync(self.staging / name)
+        aside = self.staging / ".old"
+        aside.mkdir()
+        moved: list[str] = []  # old files moved aside, in order
+        placed: list[str] = []  # new files moved in, in order
+        try:
+            if (self.dir / MANIFEST).exists():
+                os.replace(self.dir / MANIFEST, aside / MANIFEST)
+                moved.append(MANIFEST)
+            for name in names:
+                if name != MANIFEST and (self.dir / name).exists():
+                    os.replace(self.dir / name, aside / name)
+                    moved.append(name)
+                os.replace(self.staging / name, self.dir / name)
+                placed.append(name)
+            _fsync(self.dir)
+        except BaseException:
+            for name in reversed(placed):
+                os.replace(self.dir / name, self.staging / name)
+            for name in reversed(moved):
+                os.replace(aside / name, self.dir / name)
+            raise
+        for name in stale:
+            try:
+                (self.dir / name).unlink(missing_ok=True)
+            except OSError as e:  # the new output is complete; a file left over is only clutter
+                print(f"warning: could not remove the stale shard {self.dir / name}: {e.strerror}", file=sys.stderr)

@@ -328,7 +328,12 @@ def main(argv=None) -> int:
     if not src.is_file():
         print(f"error: {src} not found: run python -m deepj.fidelity first", file=sys.stderr)
         return 2
-    print(write_page(Path(args.eval_dir), json.loads(src.read_text())))
+    try:
+        report = json.loads(src.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        print(f"error: {src} is not valid JSON ({e}): run python -m deepj.fidelity again", file=sys.stderr)
+        return 2
+    print(write_page(Path(args.eval_dir), report))
     return 0
 
 

@@ -13,6 +13,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from deepj.config import finite_float
+
 
 def _add_layout(p: argparse.ArgumentParser) -> None:
     p.add_argument("--nodes", type=int, default=1, help="nodes (default 1)")
@@ -29,8 +31,8 @@ def parse_args(argv=None):
     p = sub.add_parser("plan", help="parameters, memory, data, checkpoint and warnings for a config")
     p.add_argument("--config", help="TOML config (configs/*.toml)")
     _add_layout(p)
-    p.add_argument("--gpu-memory-gib", type=float, default=None, help="GPU size to check against (default: this "
-                   "machine's GPU, if any)")
+    p.add_argument("--gpu-memory-gib", type=finite_float(0, lo_open=True), default=None,
+                   help="GPU size to check against (default: this machine's GPU, if any)")
     p.add_argument("--no-disk-probe", action="store_true", help="do not time a 32 MiB write at the run folder")
     p.add_argument("--json", action="store_true", help="print the plan as JSON")
     p.add_argument("overrides", nargs="*", help="key=value config overrides")

@@ -2,22 +2,38 @@
 
 pretty_midi is the reference reader and the writer. symusic (a C++ parser) is the fast reader used by preprocessing;
 tests/test_midi_io.py checks that both yield the same grid notes on every test file, corrupt ones included.
+
+Before either parser runs, the file itself is checked, so that both give the same verdict and neither is handed what
+it cannot take (docs/design.md#the-representation):
+- `not-a-file`: a FIFO, device or socket (or a link to one) named like a MIDI file; reading it would block forever or
+  never end. A directory stays `unreadable`;
+- `too-large`: more than `max_bytes` (MIDI files are small: a 2-hour performance is about 1 MB);
+- `corrupt`: the chunk layout, a format other than 0, 1, 2, or SMPTE time;
+- `type-2`: a format-2 file holds independent sequences (patterns of a sequencer bank); read as one piece, its
+  tracks would sound together, which they never do. Which sequence is "the piece" is unknowable, so it is refused;
+- `bad-timing`: a last event beyond tick 2**31 - 1 (symusic keeps ticks in int32: later starts come back negative,
+  and past 2**32 as small numbers again) or a piece longer than the representation's MAX_STEP steps;
+- `too-long`: a file lasting more than `max_steps` steps (when given). pretty_midi builds arrays as long as the
+  file's last tick, so this is measured on every event's tick, not on the notes alone.
 """
 
 from __future__ import annotations
 
 import os
+import stat
 from pathlib import Path
 from typing import Literal
 
 import numpy as np
 
 from deepj.music.constants import MAX_VELOCITY, STEPS_PER_BEAT
-from deepj.music.representation import ReprConfig, quantize
+from deepj.music.representation import MAX_STEP, ReprConfig, quantize
 
 Parser = Literal["symusic", "pretty_midi"]
 MIDI_MAGIC = b"MThd"
 WRITE_RESOLUTION = 480  # ticks per quarter in the files we write; divisible by 4 so the grid maps exactly
+MAX_FILE_BYTES = 64 * 2**20  # default size cap: MIDI files are small, far larger is a mistake (or /dev/zero)
+MAX_TICK = 2**31 - 1  # symusic's ticks are int32
 
 
 class MidiError(Exception):
@@ -28,21 +44,63 @@ class MidiError(Exception):
         super().__init__(f"{path}: {reason}" + (f" ({detail})" if detail else ""))
 
 
-def _check_file(path: Path) -> bytes:
+_KINDS = {stat.S_IFIFO: "a FIFO", stat.S_IFCHR: "a character device", stat.S_IFBLK: "a block device",
+          stat.S_IFSOCK: "a socket"}
+
+
+def _regular(path: Path, st: os.stat_result) -> None:
+    if stat.S_ISDIR(st.st_mode):
+        raise MidiError(path, "unreadable", "Is a directory")  # the words read_bytes gave: listed as before
+    if not stat.S_ISREG(st.st_mode):
+        raise MidiError(path, "not-a-file", f"{_KINDS.get(stat.S_IFMT(st.st_mode), 'not a regular file')}, "
+                        "not a file")
+
+
+def _read_bytes(path: Path, max_bytes: int) -> bytes:
+    """The file's bytes, for a regular file of at most `max_bytes`; checked before anything is read."""
     try:
-        data = path.read_bytes()
+        _regular(path, os.stat(path))  # follows links: a link to /dev/zero is a device
+        # O_NONBLOCK: should a FIFO replace the file after the stat, opening it must not wait for a writer.
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
     except OSError as e:
         raise MidiError(path, "unreadable", e.strerror or str(e)) from None
+    with os.fdopen(fd, "rb") as f:
+        try:
+            st = os.fstat(fd)
+            _regular(path, st)  # the file opened is the file checked
+            if st.st_size > max_bytes:
+                raise MidiError(path, "too-large", f"{st.st_size} bytes > the limit of {max_bytes} (--max-file-mb)")
+            data = f.read(max_bytes + 1)  # bounded, should the file grow meanwhile
+        except OSError as e:
+            raise MidiError(path, "unreadable", e.strerror or str(e)) from None
+    if len(data) > max_bytes:
+        raise MidiError(path, "too-large", f"more than the limit of {max_bytes} bytes (--max-file-mb)")
+    return data
+
+
+def _check_file(path: Path, max_bytes: int = MAX_FILE_BYTES, max_steps: int | None = None) -> bytes:
+    data = _read_bytes(path, max_bytes)
     if len(data) == 0:
         raise MidiError(path, "empty")
     if not data.startswith(MIDI_MAGIC):
         raise MidiError(path, "not-midi", "no MThd header")
-    _check_chunks(path, data)
+    tracks = _check_chunks(path, data)
+    fmt = int.from_bytes(data[8:10], "big")
+    if fmt > 2:  # symusic refuses these, mido reads them: decided here so that both say the same
+        raise MidiError(path, "corrupt", f"MThd declares format {fmt}; MIDI files are format 0, 1 or 2")
+    if fmt == 2:
+        raise MidiError(path, "type-2", "a format-2 file holds independent sequences, not one piece")
+    tpq = int.from_bytes(data[12:14], "big")
+    if tpq & 0x8000 or tpq == 0:
+        raise MidiError(path, "corrupt", f"time division {tpq:#06x}: SMPTE time or 0 ticks per quarter "
+                        "(only ticks per quarter are supported)")
+    _check_timing(path, data, tracks, tpq, max_steps)
     return data
 
 
-def _check_chunks(path: Path, data: bytes) -> None:
+def _check_chunks(path: Path, data: bytes) -> list[tuple[int, int]]:
     """The chunk layout both readers accept: a 6-byte MThd, then as many complete MTrk chunks as it declares.
+    Returns each declared track's body as (start, end) offsets.
 
     Without this the readers disagree: symusic silently reads a file cut at a chunk boundary (a header alone, or
     fewer tracks than declared) and skips unknown chunks, which mido rejects; mido accepts a longer MThd, which
@@ -54,6 +112,7 @@ def _check_chunks(path: Path, data: bytes) -> None:
         raise MidiError(path, "corrupt", "MThd chunk is not 6 bytes long")
     ntracks = int.from_bytes(data[10:12], "big")
     pos = 14
+    tracks = []
     for i in range(ntracks):
         if pos + 8 > len(data):
             raise MidiError(path, "corrupt", f"header declares {ntracks} tracks, the file ends after {i}")
@@ -63,13 +122,81 @@ def _check_chunks(path: Path, data: bytes) -> None:
         size = int.from_bytes(data[pos + 4 : pos + 8], "big")
         if pos + 8 + size > len(data):
             raise MidiError(path, "corrupt", f"track {i} declares {size} bytes, {len(data) - pos - 8} remain")
+        tracks.append((pos + 8, pos + 8 + size))
         pos += 8 + size
+    return tracks
 
 
-def read_tick_notes(path: str | os.PathLike, parser: Parser = "symusic"):
-    """All non-drum notes as tick-time arrays `(pitch, start, end, velocity)` and the ticks per quarter."""
+# System common and real-time messages: status -> data bytes (MIDI 1.0); they carry a delta time like any event.
+_SYSTEM_DATA = {0xF1: 1, 0xF2: 2, 0xF3: 1, 0xF6: 0, 0xF8: 0, 0xFA: 0, 0xFB: 0, 0xFC: 0, 0xFE: 0}
+
+
+
+def _varlen(data: bytes, pos: int) -> tuple[int, int]:
+    """A MIDI variable-length quantity at data[pos]: 7 bits per byte, high bit set on all but the last -> (value, the
+    position after it). IndexError when the data ends inside it."""
+    b = data[pos]
+    value = b & 0x7F
+    while b & 0x80:
+        pos += 1
+        b = data[pos]
+        value = (value << 7) | (b & 0x7F)
+    return value, pos + 1
+
+def track_ticks(data: bytes, pos: int, end: int) -> int:
+    """The tick of a track's last event: the sum of its delta times, walking the events of data[pos:end].
+
+    Lenient: it stops at the first malformed event (the parsers then decide whether the file is corrupt) and counts
+    the ticks up to there. About 0.3 us per event, a few times symusic's whole parse.
+    """
+    ticks = running = 0
+    try:
+        while pos < end:
+            delta, pos = _varlen(data, pos)
+            ticks += delta
+            status = data[pos]
+            if status < 0x80:  # running status: the data bytes of the last channel message's kind
+                if not running:
+                    break
+                pos += 1 if 0xC0 <= running < 0xE0 else 2
+            elif status < 0xF0:
+                running = status
+                pos += 2 if 0xC0 <= status < 0xE0 else 3
+            elif status in (0xFF, 0xF0, 0xF7):  # meta (type byte, length, data) or sysex (length, data)
+                size, pos = _varlen(data, pos + (2 if status == 0xFF else 1))
+                pos += size
+            elif status in _SYSTEM_DATA:  # both parsers read on past these (song position, clock ...)
+                pos += 1 + _SYSTEM_DATA[status]
+            else:  # undefined (0xF4, 0xF5, 0xF9, 0xFD): both parsers call the file corrupt
+                break
+    except IndexError:  # an event cut by the end of the data
+        pass
+    return ticks
+
+
+def _check_timing(path: Path, data: bytes, tracks: list[tuple[int, int]], tpq: int, max_steps: int | None) -> None:
+    """Ticks and steps range-checked on the raw events, before either parser (or any cast) sees them."""
+    last = max((track_ticks(data, a, b) for a, b in tracks), default=0)
+    if last > MAX_TICK:
+        raise MidiError(path, "bad-timing", f"an event at tick {last}, beyond {MAX_TICK} (ticks are 32-bit)")
+    steps = int(np.floor(last / (tpq / STEPS_PER_BEAT) + 0.5))  # as quantize rounds
+    if steps > MAX_STEP:
+        raise MidiError(path, "bad-timing", f"the file lasts {steps} steps (tick {last} at {tpq} per quarter), "
+                        f"more than the {MAX_STEP} a piece can hold")
+    if max_steps is not None and steps > max_steps:
+        raise MidiError(path, "too-long", f"the file lasts {steps} steps (its last event at tick {last}, {tpq} "
+                        f"per quarter) > --max-steps {max_steps}")
+
+
+def read_tick_notes(path: str | os.PathLike, parser: Parser = "symusic", *, max_bytes: int = MAX_FILE_BYTES,
+                    max_steps: int | None = None):
+    """All non-drum notes as tick-time arrays `(pitch, start, end, velocity)` and the ticks per quarter.
+
+    `max_bytes` caps the file size; `max_steps` (None: the representation's MAX_STEP only) caps the file's length."""
     path = Path(path)
-    data = _check_file(path)
+    if parser not in ("symusic", "pretty_midi"):
+        raise ValueError(f"unknown MIDI parser {parser!r}; use symusic or pretty_midi")
+    data = _check_file(path, max_bytes, max_steps)
     if parser == "symusic":
         import symusic
 
@@ -111,13 +238,17 @@ def read_tick_notes(path: str | os.PathLike, parser: Parser = "symusic"):
     raise ValueError(f"unknown MIDI parser {parser!r}; use symusic or pretty_midi")
 
 
-def read_midi(path: str | os.PathLike, cfg: ReprConfig, parser: Parser = "symusic") -> np.ndarray:
+def read_midi(path: str | os.PathLike, cfg: ReprConfig, parser: Parser = "symusic", *,
+              max_bytes: int = MAX_FILE_BYTES, max_steps: int | None = None) -> np.ndarray:
     """A MIDI file -> canonical grid notes in the configured pitch range. Raises MidiError for unusable files."""
-    pitch, start, end, vel, tpq = read_tick_notes(path, parser)
+    pitch, start, end, vel, tpq = read_tick_notes(path, parser, max_bytes=max_bytes, max_steps=max_steps)
     if tpq <= 0:
         raise MidiError(path, "corrupt", f"ticks per quarter {tpq} (SMPTE time is not supported)")
     if len(pitch) == 0:
         raise MidiError(path, "no-notes")
+    # Checked on the raw events already; kept for what a parser might still make of them (never cast unchecked).
+    if start.min() < 0 or (end < start).any() or end.max() > MAX_TICK:
+        raise MidiError(path, "bad-timing", f"note ticks [{start.min()}, {end.max()}] out of range")
     return quantize(pitch, start, end, vel, tpq, cfg)
 
 

@@ -34,6 +34,9 @@ from deepj.music.constants import (
 )
 
 NOTE_DTYPE = np.dtype([("pitch", np.uint8), ("start", np.uint32), ("end", np.uint32), ("velocity", np.uint8)])
+# The largest step a piece can hold: grid notes store steps as uint32 (and shards as uint32 deltas), so a larger one
+# would wrap silently on the cast. Readers refuse such files before quantizing (midi_io: reason "bad-timing").
+MAX_STEP = int(np.iinfo(np.uint32).max)
 
 
 @dataclass
@@ -62,6 +65,18 @@ def make_notes(rows) -> np.ndarray:
 
 def num_steps(notes: np.ndarray) -> int:
     return int(notes["end"].max()) if len(notes) else 0
+
+
+def silent_steps(notes: np.ndarray) -> int:
+    """Steps of [0, num_steps) where no note sounds (leading silence included); for canonical notes (sorted by start).
+
+    A step is silent when it lies after every note begun so far has ended: the gaps between the running maximum of
+    the ends and the next start."""
+    if len(notes) == 0:
+        return 0
+    start = notes["start"].astype(np.int64)
+    reach = np.maximum.accumulate(notes["end"].astype(np.int64))
+    return int(start[0] + np.maximum(start[1:] - reach[:-1], 0).sum())
 
 
 def quantize(
@@ -93,6 +108,8 @@ def merge(pitch: np.ndarray, start: np.ndarray, end: np.ndarray, velocity: np.nd
     """
     if len(pitch) == 0:
         return empty_notes()
+    if start.min() < 0 or end.max() > MAX_STEP:  # the casts to NOTE_DTYPE below would wrap silently
+        raise ValueError(f"steps must lie in [0, {MAX_STEP}], got [{start.min()}, {end.max()}]")
     # Onsets: one per (pitch, start), with the largest velocity.
     order = np.lexsort((-velocity, start, pitch))
     p, s, v = pitch[order], start[order], velocity[order]

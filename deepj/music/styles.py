@@ -8,6 +8,7 @@ weighted sum of those, normalised to sum to 1.
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -39,6 +40,8 @@ def parse_spec(spec: str) -> tuple[str, float]:
         w = float(weight)
     except ValueError:
         raise StyleError(f"style weight in {spec!r} is not a number") from None
+    if not math.isfinite(w):  # nan or inf would turn the whole style vector into nan: silent or noise pieces
+        raise StyleError(f"style weight in {spec!r} is not a finite number")
     if w < 0:
         raise StyleError(f"style weight in {spec!r} is negative")
     return name, w
@@ -90,6 +93,8 @@ class StyleTree:
                 raise StyleError(f"unknown style {name!r}; valid names: " + ", ".join(self.valid_names()))
             vec[leaves] += weight / len(leaves)
         total = float(vec.sum())
+        if not math.isfinite(total):
+            raise StyleError(f"style weights {specs} are too large to add up; use smaller ones (they are normalised)")
         if total <= 0:
             raise StyleError(f"style weights {specs} sum to zero")
         return vec / total

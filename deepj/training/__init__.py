@@ -12,7 +12,7 @@ docs/design.md#checkpoints-and-preemption).
 - `loss.py`: DeepJ's loss, and the play-only likelihood of the BL2012 benchmarks;
 - `optim.py`: `OptimConfig`, Nadam or AdamW, and the learning-rate schedule;
 - `checkpoint.py`: atomic checkpoints, resume, `CheckpointMeta` and `load_model`;
-- `preempt.py`: `StopFlag`, SIGTERM/SIGUSR2 turned into a stop agreed by every rank;
+- `preempt.py`: `StopFlag`, SIGTERM/SIGUSR2/SIGINT/SIGHUP or a launcher gone turned into a stop agreed by every rank;
 - `logger.py`: TensorBoard scalars, the console line per log step, and the FLOP count;
 - `samples.py`: generated pieces in TensorBoard during training, as pictures and audio.
 """

@@ -6,22 +6,30 @@ Layout of a run folder:
                               size, manifest hash, resolved config. Plain JSON: `cat` it, no torch needed
         train.pt              the engine's state (model, optimizer, LR schedule, GradScaler) and the loader's position
         rank-00000.pt ...     per rank: RNG states (torch, CUDA, numpy, random)
-        COMPLETE              JSON: step, world size, each file's size; written last, inside the folder
+        COMPLETE              JSON: step, world size, each file's size and sha256; written last, inside the folder
     step-00002000.tmp/        a save in progress, or one killed mid-way: never chosen for resume
     latest                    the name of the newest complete checkpoint (a hint; resume scans and verifies anyway)
+    .lock                     flock'ed by the training that uses the folder (its pid and host inside)
 
 Every load uses `torch.load(weights_only=True)`: a checkpoint can hold tensors and plain containers, never code.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import errno
+import fcntl
+import hashlib
 import json
 import os
 import random
 import re
 import shutil
 import signal
+import socket
+import sys
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,6 +49,7 @@ COMPLETE = "COMPLETE"
 SHARED = "train.pt"
 META = "meta.json"
 META_VERSION = 1
+LOCK = ".lock"
 
 
 @dataclass
@@ -207,8 +216,12 @@ def save(run_dir: str | Path, step: int, shared: dict[str, Any] | None, rank_sta
             meta.write(tmp)
     dist.barrier()  # every rank's file is on disk before the checkpoint may be marked complete
     if info.is_main:
-        files = {str(p.relative_to(tmp)): p.stat().st_size for p in sorted(tmp.rglob("*")) if p.is_file()}
-        marker = {"step": step, "world_size": info.world_size, "files": files}
+        found = [p for p in sorted(tmp.rglob("*")) if p.is_file()]
+        files = {str(p.relative_to(tmp)): p.stat().st_size for p in found}
+        # Sizes catch a cut-short file; checksums catch one that changed after the save (a flipped bit, a copy gone
+        # wrong). Hashing costs a read of what was just written (MBs for deepj's models), once per save.
+        sums = {str(p.relative_to(tmp)): _sha256(p) for p in found}
+        marker = {"step": step, "world_size": info.world_size, "files": files, "sha256": sums}
         _fault_point("before-complete", step)
         (tmp / COMPLETE).write_text(json.dumps(marker, indent=1))
         _fsync_file(tmp / COMPLETE)
@@ -229,7 +242,8 @@ def save(run_dir: str | Path, step: int, shared: dict[str, Any] | None, rank_sta
 
 
 def _prune(run_dir: Path, keep: int) -> None:
-    complete = [p for p in list_checkpoints(run_dir) if _verify(p) is None]
+    # Sizes only: hashing every kept checkpoint at every save would cost keep x the checkpoint's size each time.
+    complete = [p for p in list_checkpoints(run_dir) if _verify(p, checksums=False) is None]
     for old in complete[keep:]:
         shutil.rmtree(old, ignore_errors=True)
 
@@ -243,8 +257,18 @@ def list_checkpoints(run_dir: str | Path) -> list[Path]:
     return sorted(found, key=lambda p: int(STEP_RE.match(p.name).group(1)), reverse=True)
 
 
-def _verify(path: Path) -> str | None:
-    """None if `path` is a complete checkpoint, else the reason it is not."""
+def _sha256(path: Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _verify(path: Path, checksums: bool = True) -> str | None:
+    """None if `path` is a complete checkpoint, else the reason it is not. With `checksums`, every file the COMPLETE
+    marker lists a sha256 for is hashed and compared (markers written before checksums existed list none: those
+    checkpoints are checked by size only)."""
     marker = path / COMPLETE
     if not marker.is_file():
         return "no COMPLETE marker (a save that did not finish)"
@@ -252,6 +276,8 @@ def _verify(path: Path) -> str | None:
         meta = json.loads(marker.read_text())
     except (OSError, json.JSONDecodeError) as e:
         return f"unreadable COMPLETE marker ({e})"
+    if not isinstance(meta, dict):
+        return "COMPLETE marker is not a JSON object"
     for name, size in meta.get("files", {}).items():
         f = path / name
         if not f.is_file():
@@ -260,6 +286,14 @@ def _verify(path: Path) -> str | None:
             return f"{name} has {f.stat().st_size} bytes, COMPLETE says {size}"
     if SHARED not in meta.get("files", {}):
         return f"{SHARED} not listed in COMPLETE"
+    if checksums:
+        for name, want in meta.get("sha256", {}).items():
+            f = path / name
+            if not f.is_file():
+                return f"{name} is missing"
+            got = _sha256(f)
+            if got != want:
+                return f"{name} has sha256 {got[:12]}..., COMPLETE says {want[:12]}... (changed since the save)"
     return None
 
 
@@ -316,3 +350,59 @@ def _load_pt(path: Path, map_location) -> dict[str, Any]:
         return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # noqa: BLE001 (UnpicklingError for code, RuntimeError for a bad zip, ...: all refused)
         raise CheckpointError(f"refusing to load {path}: {type(e).__name__}: {str(e).splitlines()[0][:300]}") from None
+
+
+
+_LOCK_FD: int | None = None  # this process's lock on its run folder (rank 0 of a training)
+
+
+def _drop_lock_in_child() -> None:
+    # A forked child (a DataLoader worker) shares the lock's open file description, and a flock lasts until the last
+    # descriptor of it closes: a worker outliving a killed trainer by a few seconds would hold the folder. Children
+    # close their copy; only the trainer holds the lock.
+    global _LOCK_FD
+    if _LOCK_FD is not None:
+        with contextlib.suppress(OSError):
+            os.close(_LOCK_FD)
+        _LOCK_FD = None
+
+
+os.register_at_fork(after_in_child=_drop_lock_in_child)
+
+
+def lock_run_dir(run_dir: str | Path) -> None:
+    """Take `<run_dir>/.lock` for this process's life (rank 0 of a training, before it writes anything there).
+
+    An advisory `fcntl.flock`: the kernel drops it when the process ends in any way (kill -9 included), so a lock is
+    never stale; the pid and host written into the file only name the holder for the message. Raises CheckpointError
+    naming the holder when another training holds it. On a filesystem without flock support, warns and goes on.
+    """
+    global _LOCK_FD
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    path = run_dir / LOCK
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as e:
+        if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+            os.close(fd)
+            print(f"warning: cannot lock {path} ({e.strerror}): nothing stops a second training on {run_dir}",
+                  file=sys.stderr, flush=True)
+            return
+        holder = (os.pread(fd, 4096, 0).decode(errors="replace").strip().splitlines() or [""])[0]
+        os.close(fd)
+        holder = holder or "a process that has not written its pid yet"
+        raise CheckpointError(f"{run_dir} is in use by another training ({holder}; {path} is locked): wait for it to "
+                              "end or stop it, or choose another run.dir") from None
+    os.ftruncate(fd, 0)
+    stamp = time.strftime("%Y-%m-%d %H:%M:%S")
+    os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()} since {stamp}\n".encode(), 0)
+    _LOCK_FD = fd
+
+
+def unlock_run_dir() -> None:
+    global _LOCK_FD
+    if _LOCK_FD is not None:
+        os.close(_LOCK_FD)  # closing the descriptor releases the flock
+        _LOCK_FD = None

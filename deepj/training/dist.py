@@ -98,6 +98,16 @@ def all_reduce_max(value: float) -> float:
     return float(t.item())
 
 
+def all_reduce_max_list(values: list[float]) -> list[float]:
+    """Max over ranks of a few flags in one collective: the loop's per-step agreement (stop requested, a non-finite
+    loss or gradient) costs one all-reduce, however many flags it carries."""
+    if not dist.is_initialized():
+        return [float(v) for v in values]
+    t = torch.tensor([float(v) for v in values], dtype=torch.float64, device=_collective_device())
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return t.cpu().tolist()
+
+
 def all_reduce_mean(values: torch.Tensor) -> torch.Tensor:
     """Mean over ranks of a small float tensor (losses for logging)."""
     if not dist.is_initialized():

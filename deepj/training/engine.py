@@ -19,8 +19,9 @@ import torch
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
+from deepj.config import ConfigError
 from deepj.training.dist import DistInfo
-from deepj.training.optim import OptimConfig, build_optimizer, build_scheduler
+from deepj.training.optim import OptimConfig, apply_optim_config, build_optimizer, build_scheduler
 
 if TYPE_CHECKING:
     from deepj.training.config import TrainLoopConfig
@@ -44,7 +45,19 @@ class Engine(Protocol):
 
     def step(self) -> Tensor:
         """Once per optimizer step; returns the global gradient norm before clipping as a 0-d tensor on the device
-        (reading it waits for the device)."""
+        (reading it waits for the device). The same as `clip_gradients` then `apply_step`."""
+
+    def clip_gradients(self) -> Tensor | None:
+        """The first half of `step`: unscale and clip this step's gradients, nothing applied yet. Returns the global
+        gradient norm before clipping (0-d, on the device), or None where the backend knows it only inside its own
+        step (DeepSpeed ZeRO 1/2). The trainer checks it here, before a non-finite gradient reaches the weights."""
+
+    def apply_step(self) -> Tensor:
+        """The second half of `step`: the optimizer and schedule step; returns the gradient norm (as `step`)."""
+
+    def reapply_optim(self, optim: OptimConfig, max_steps: int) -> tuple[float, float]:
+        """After a resume: the config's optimizer hyperparameters replace the checkpoint's (see
+        `optim.apply_optim_config`). Returns the learning rate of the next step (checkpoint's, config's)."""
 
     def train(self) -> None: ...
 
@@ -99,8 +112,10 @@ def resolve_precision(precision: Precision | Literal["auto"], device: torch.devi
 
 
 def check_precision(precision: Precision, device: torch.device) -> None:
+    """ConfigError (a ValueError) naming the key: training checks it at start, the engines again when built."""
     if precision == "fp16" and device.type != "cuda":
-        raise ValueError("train.precision=fp16 needs CUDA (fp16 autocast with a GradScaler); on CPU use fp32 or bf16")
+        raise ConfigError(f"train.precision=fp16 needs CUDA (fp16 autocast with a GradScaler) and this run's device "
+                          f"is {device.type}; on CPU use train.precision=fp32 or bf16")
 
 
 class DDPEngine:
@@ -124,6 +139,7 @@ class DDPEngine:
         self.wrapped = DistributedDataParallel(model, device_ids=device_ids) if distributed else model
         # fp16 needs loss scaling; bf16 has fp32's exponent range and does not.
         self.scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
+        self._norm: torch.Tensor | None = None  # clip_gradients -> apply_step
 
     def __call__(self, *args, **kwargs):
         dtype = autocast_dtype(self.precision)
@@ -139,16 +155,27 @@ class DDPEngine:
 
     def step(self) -> torch.Tensor:
         """Clip, step, update the scale and the learning rate; returns the global gradient norm before clipping, as a
-        0-d tensor on the device (reading it waits for the device: training reads it only at log steps)."""
+        0-d tensor on the device (reading it waits for the device)."""
+        self.clip_gradients()
+        return self.apply_step()
+
+    def clip_gradients(self) -> torch.Tensor:
         self.scaler.unscale_(self.optimizer)
         params = [p for p in self.module.parameters() if p.grad is not None]
         max_norm = self.grad_clip if self.grad_clip > 0 else float("inf")
-        norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
+        self._norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
+        return self._norm
+
+    def apply_step(self) -> torch.Tensor:
+        norm, self._norm = self._norm, None
         self.scaler.step(self.optimizer)  # skipped by the scaler when fp16 gradients overflowed
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
         self.scheduler.step()
         return norm
+
+    def reapply_optim(self, optim: OptimConfig, max_steps: int) -> tuple[float, float]:
+        return apply_optim_config(self.optimizer, self.scheduler, optim, max_steps)
 
     def train(self) -> None:
         self.module.train()

@@ -15,8 +15,10 @@ from pathlib import Path
 
 import torch
 
+from deepj.config import ConfigError
 from deepj.training.dist import DistInfo
 from deepj.training.engine import check_precision
+from deepj.training.optim import OptimConfig, apply_optim_config
 
 DS_TAG = "deepspeed"  # sub-folder of our step folder that holds DeepSpeed's own checkpoint
 
@@ -38,22 +40,35 @@ def build_ds_config(base: dict, *, micro_batch: int, accumulation: int, world_si
     return cfg
 
 
+def read_ds_config(path: str | Path) -> dict:
+    """The JSON of `train.deepspeed_config`; ConfigError naming the key and the file when it is missing or not a JSON
+    object (training checks it at start, before anything is written)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"train.deepspeed_config={path}: no such file (see launcher/ds_zero*.json)")
+    try:
+        raw = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ConfigError(f"train.deepspeed_config={path} is not readable JSON ({e})") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"train.deepspeed_config={path} is not a JSON object")
+    return raw
+
+
 class DeepSpeedEngine:
     def __init__(self, model, optimizer, scheduler, *, train, grad_clip: float, info: DistInfo, accumulation: int):
         """`train`: the training loop's config section (micro_batch, precision, deepspeed_config)."""
         import deepspeed
 
         check_precision(train.precision, info.device)
-        path = Path(train.deepspeed_config)
-        if not path.is_file():
-            raise FileNotFoundError(f"train.deepspeed_config: {path} does not exist (see launcher/ds_zero*.json)")
-        ds_cfg = build_ds_config(json.loads(path.read_text()), micro_batch=train.micro_batch,
+        ds_cfg = build_ds_config(read_ds_config(train.deepspeed_config), micro_batch=train.micro_batch,
                                  accumulation=accumulation, world_size=info.world_size,
                                  precision=train.precision, grad_clip=grad_clip)
         self.ds, self.optimizer, _, self.scheduler = deepspeed.initialize(
             model=model, optimizer=optimizer, lr_scheduler=scheduler, config=ds_cfg)
         self.module = self.ds.module
         self.precision = train.precision
+        self._own: torch.Tensor | None = None  # clip_gradients -> apply_step (stage 0 only)
 
     def __call__(self, *args):
         # DeepSpeed's bf16/fp16 modes cast the module itself; inputs must follow its dtype (targets stay float32).
@@ -71,18 +86,32 @@ class DeepSpeedEngine:
             self.ds.step()  # counts the micro-step; no optimizer step before the boundary
 
     def step(self) -> torch.Tensor:
-        # ZeRO-1/2 and DeepSpeed's fp16 optimizer record the global norm; at stage 0 the reduced gradients sit in .grad
-        # and DeepSpeed records nothing, so take the norm there before the step clears them.
-        device = next(self.module.parameters()).device
-        own = None
+        self.clip_gradients()
+        return self.apply_step()
+
+    def clip_gradients(self) -> torch.Tensor | None:
+        # ZeRO-1/2 and DeepSpeed's fp16 optimizer record the global norm inside their step (and skip an update whose
+        # norm is not finite, in fp32 and fp16); at stage 0 the reduced gradients sit in .grad and DeepSpeed records
+        # nothing, so take the norm there before the step clears them. DeepSpeed clips inside its step either way.
+        self._own = None
         if self.ds.zero_optimization_stage() == 0:
+            device = next(self.module.parameters()).device
             grads = [p.grad.detach().float().norm() for p in self.module.parameters() if p.grad is not None]
-            own = torch.stack(grads).norm() if grads else torch.zeros((), device=device)
+            self._own = torch.stack(grads).norm() if grads else torch.zeros((), device=device)
+        return self._own
+
+    def apply_step(self) -> torch.Tensor:
+        own, self._own = self._own, None
         self.ds.step()
         if own is not None:
             return own
         norm = self.ds.get_global_grad_norm()  # a float, a tensor or None, depending on the optimizer
-        return torch.as_tensor(0.0 if norm is None else norm, dtype=torch.float32, device=device)
+        return torch.as_tensor(0.0 if norm is None else norm, dtype=torch.float32,
+                               device=next(self.module.parameters()).device)
+
+    def reapply_optim(self, optim: OptimConfig, max_steps: int) -> tuple[float, float]:
+        # DeepSpeed's checkpoint restored our LambdaLR and the (ZeRO-wrapped) optimizer's groups: the same fix applies.
+        return apply_optim_config(self.optimizer, self.scheduler, optim, max_steps)
 
     def train(self) -> None:
         self.ds.train()

@@ -57,3 +57,26 @@ def lr_factor(step: int, cfg: OptimConfig, max_steps: int) -> float:
 
 def build_scheduler(optimizer: torch.optim.Optimizer, cfg: OptimConfig, max_steps: int):
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, cfg, max_steps))
+
+
+def apply_optim_config(optimizer: torch.optim.Optimizer, scheduler, cfg: OptimConfig,
+                       max_steps: int) -> tuple[float, float]:
+    """After loading a checkpoint's optimizer and schedule: make the config the truth again.
+
+    Loading restores the param groups' lr, initial_lr, betas, eps and weight decay and the scheduler's base_lrs as they
+    were saved, so a resume with another optim.lr (or betas, eps, weight_decay) would keep the old values while
+    config.toml records the new. The schedule's shape (warm-up, cosine, min_lr_ratio, max_steps) is the lambda built
+    from this config already (LambdaLR saves no function); its base and the current lr are set here, computed as
+    LambdaLR does (base * factor), so an unchanged config gives bit-identical values. Returns the learning rate of the
+    next step before and after."""
+    before = float(optimizer.param_groups[0]["lr"])
+    factor = lr_factor(scheduler.last_epoch, cfg, max_steps)
+    scheduler.base_lrs = [cfg.lr for _ in optimizer.param_groups]
+    for group in optimizer.param_groups:
+        group["initial_lr"] = cfg.lr
+        group["lr"] = cfg.lr * factor
+        group["betas"] = (cfg.beta1, cfg.beta2)
+        group["eps"] = cfg.eps
+        group["weight_decay"] = cfg.weight_decay
+    scheduler._last_lr = [group["lr"] for group in optimizer.param_groups]  # what get_last_lr() reports
+    return before, float(optimizer.param_groups[0]["lr"])
