@@ -24,24 +24,29 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from deepj import __version__, config
+from deepj import config
 from deepj.config import ConfigError
 from deepj.data.loader import StreamingLoader, accumulation_steps, shard_file_problems, validation_batches
 from deepj.data.manifest import Manifest, ShardError
 from deepj.model import DeepJ
 from deepj.training import checkpoint, dist
-from deepj.training.checkpoint import CheckpointError, CheckpointMeta
+from deepj.training.checkpoint import CheckpointError
 from deepj.training.config import TrainConfig
 from deepj.training.dist import DistInfo, print0
 from deepj.training.engine import Engine, autocast_dtype, build_engine, check_precision, resolve_precision
-from deepj.training.logger import RunLogger, flops_per_window, warn0
+from deepj.training.logger import LossMeter, Progress, RunLogger, warn0
 from deepj.training.loss import deepj_loss
 from deepj.training.preempt import PREEMPTED_EXIT, StopFlag, launcher_pid
+from deepj.training.resume import (
+    TrainState,
+    check_resumable,
+    find_checkpoint,
+    resume,
+    save_checkpoint,
+    take_run_dir,
+)
 from deepj.training.samples import log_samples
 
-# ModelConfig fields that give the weights their shapes: a resume must match them; any other change is printed.
-SHAPE_FIELDS = ("num_notes", "num_styles", "style_dim", "conv_filters", "conv_kernel", "time_hidden", "time_layers",
-                "note_hidden", "note_layers")
 NONFINITE_EXIT = 3  # a loss or gradient norm went inf/NaN: not a temporary failure, do not requeue as is
 INTERRUPTED_EXIT = 130  # 128 + SIGINT, the shell's code for a Ctrl-C: a second Ctrl-C aborted, nothing saved
 
@@ -51,41 +56,6 @@ def parse_args(argv=None):
     p.add_argument("--config", help="TOML file (configs/debug.toml, configs/demo.toml, configs/paper.toml)")
     p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. data.dir=shards/demo train.max_steps=200")
     return p.parse_args(argv)
-
-
-@dataclass
-class TrainState:
-    """Where the loop is: optimizer steps taken, and the last step saved (so no step is saved twice)."""
-
-    step: int = 0
-    last_saved: int = 0
-
-
-class LossMeter:
-    """Loss terms summed over micro-batches (or validation batches), averaged over them and over ranks on read.
-
-    The terms are what the loss returns (play, replay, volume; play alone for a play-only model), the same on every
-    rank, so the all-reduce lines up."""
-
-    def __init__(self) -> None:
-        self.names: list[str] = []
-        self.sums: torch.Tensor | None = None  # (1 + terms,) float64 on the CPU
-        self.n = 0
-
-    def add(self, total: torch.Tensor, terms: dict[str, torch.Tensor]) -> dict[str, float]:
-        """Adds one batch's terms; returns them as {"loss": ..., term: ...} floats."""
-        values = torch.tensor([float(total.detach()), *(float(v) for v in terms.values())], dtype=torch.float64)
-        if self.sums is None:
-            self.names, self.sums = ["loss", *terms], torch.zeros_like(values)
-        self.sums += values
-        self.n += 1
-        return dict(zip(self.names, values.tolist()))
-
-    def mean(self, prefix: str) -> dict[str, float]:
-        """Collective. {prefix/loss, prefix/<term>...} averaged over batches and ranks; resets the meter."""
-        mean = dist.all_reduce_mean(self.sums / self.n)
-        self.sums, self.n = None, 0
-        return {f"{prefix}/{k}": float(v) for k, v in zip(self.names, mean)}
 
 
 # ---------------------------------------------------------------------------------------------------------- set-up
@@ -158,99 +128,6 @@ def set_up_process(cfg: TrainConfig, info: DistInfo) -> None:
         torch.use_deterministic_algorithms(True, warn_only=info.device.type == "cuda")
     torch.manual_seed(cfg.seed * 1000 + info.rank)
     np.random.seed((cfg.seed * 1000 + info.rank) % 2**32)
-
-
-def checkpoint_meta(cfg: TrainConfig, manifest: Manifest, step: int, info: DistInfo) -> CheckpointMeta:
-    return CheckpointMeta(step=step, world_size=info.world_size, kind="train", backend=cfg.train.backend,
-                          model=cfg.model, styles=manifest.styles, representation=manifest.representation,
-                          manifest_hash=manifest.hash, config=dataclasses.asdict(cfg), tool=f"deepj {__version__}")
-
-
-def save_checkpoint(cfg: TrainConfig, state: TrainState, engine: Engine, loader: StreamingLoader, manifest: Manifest,
-                    info: DistInfo) -> None:
-    """Collective: every rank saves the same step (rank 0 the engine, the loader position and meta.json)."""
-    meta = checkpoint_meta(cfg, manifest, state.step, info)
-    shared = {"engine": engine.state_dict(), "loader": loader.state_dict()} if info.is_main else None
-    path = checkpoint.save(cfg.run.dir, state.step, shared, {"rng": checkpoint.rng_state()}, keep=cfg.checkpoint.keep,
-                           collective_write=engine.save_collective, meta=meta)
-    state.last_saved = state.step
-    print0(f"checkpoint: {path}")
-
-
-def find_checkpoint(cfg: TrainConfig, info: DistInfo) -> Path | None:
-    """The checkpoint `checkpoint.resume` names (None: start fresh). Rank 0 picks it, verifying sizes and checksums
-    and printing why it skipped any newer one, and tells the other ranks: one read of the files, one choice for all.
-    Raises CheckpointError (on every rank) when the named one is unusable."""
-    found, error = None, None
-    if info.is_main:
-        try:
-            ckpt = None
-            if cfg.checkpoint.resume == "auto":
-                ckpt, skipped = checkpoint.find_latest(cfg.run.dir)
-                for line in skipped:
-                    print0(line)
-            elif cfg.checkpoint.resume != "none":
-                ckpt = checkpoint.resolve(cfg.checkpoint.resume)
-            found = None if ckpt is None else str(ckpt)
-        except CheckpointError as e:
-            error = str(e)
-    found, error = dist.broadcast_object((found, error))
-    if error is not None:
-        raise CheckpointError(error)
-    return None if found is None else Path(found)
-
-
-def check_resumable(cfg: TrainConfig, ckpt: Path, manifest: Manifest) -> CheckpointMeta:
-    """The checkpoint's metadata, if this run can continue from it; prints every config change. Raises
-    CheckpointError when it cannot: another corpus, weights of another shape, another optimizer. Needs no engine, so
-    training checks it before it writes anything."""
-    meta = CheckpointMeta.load(ckpt)
-    if meta.manifest_hash != manifest.hash:
-        raise CheckpointError(f"{ckpt} was trained on another corpus (manifest {meta.manifest_hash}, {cfg.data.dir} "
-                              f"is {manifest.hash}); use a new run.dir or checkpoint.resume=none")
-    old, new = dataclasses.asdict(meta.model), dataclasses.asdict(cfg.model)
-    shape = [f"model.{k}: {old[k]} -> {new[k]}" for k in SHAPE_FIELDS if old[k] != new[k]]
-    if shape:
-        raise CheckpointError(f"{ckpt} holds weights of another shape ({'; '.join(shape)}); use a new run.dir")
-    before, now = config.flatten(meta.config), config.flatten(dataclasses.asdict(cfg))
-    for key in sorted(k for k in before.keys() | now.keys() if before.get(k) != now.get(k)):
-        print0(f"resume: {key} changed: {before.get(key)!r} -> {now.get(key)!r}")
-    if before.get("optim.name", cfg.optim.name) != cfg.optim.name:
-        # The optimizer's state (Nadam's mu_product, the moments) belongs to the optimizer that wrote it.
-        raise CheckpointError(f"{ckpt} holds {before['optim.name']}'s optimizer state, and optim.name is now "
-                              f"{cfg.optim.name}; resume with optim.name={before['optim.name']}, or use a new run.dir")
-    return meta
-
-
-def resume(cfg: TrainConfig, ckpt: Path, meta: CheckpointMeta, engine: Engine, loader: StreamingLoader,
-           info: DistInfo) -> int:
-    """Load a checkpoint that `check_resumable` accepted into the engine, the RNGs and the loader; returns its step.
-    Raises CheckpointError when a file cannot be loaded or the loader's position cannot be restored."""
-    shared = checkpoint.load_shared(ckpt, map_location=info.device)  # {"engine": ..., "loader": ...}
-    engine.load_state_dict(shared["engine"])
-    engine.load_collective(ckpt)
-    # The config is the truth: lr, betas, eps, weight decay and the schedule's base as config.toml says, from the
-    # resumed step on (loading restored the checkpoint's).
-    lr_saved, lr_now = engine.reapply_optim(cfg.optim, cfg.train.max_steps)
-    if lr_saved != lr_now:
-        print0(f"resume: learning rate of step {meta.step + 1} follows the config: {lr_saved:.6g} -> {lr_now:.6g}")
-    mine = checkpoint.load_rank(ckpt, info.rank)
-    if mine is not None:
-        checkpoint.set_rng_state(mine["rng"])
-    position = shared["loader"]
-    changes = loader.position_changes(position)
-    if changes:
-        # The saved position counts windows of another order; replaying it would repeat and skip windows silently.
-        loader.restart_at_epoch(int(position["epoch"]) + 1)
-        print0(f"resume: the data position of {ckpt} (epoch {position['epoch']}, {position['consumed']} windows in) "
-               f"does not carry over ({'; '.join(changes)}); the data order starts afresh at epoch {loader.epoch}")
-    else:
-        try:
-            loader.load_state_dict(position)
-        except ValueError as e:
-            raise CheckpointError(f"{ckpt}: the loader's position cannot be restored: {e}") from None
-    print0(f"resumed from {ckpt} at step {meta.step} (saved by {meta.world_size} rank(s), now {info.world_size})")
-    return meta.step
 
 
 # ----------------------------------------------------------------------------------------------------- the loop
@@ -359,31 +236,6 @@ def validate(engine: Engine, cfg: TrainConfig, manifest: Manifest, info: DistInf
     return meter.mean("val") if meter.n else None
 
 
-class Progress:
-    """Throughput since the last log step, and the scalars of a log step."""
-
-    def __init__(self, cfg: TrainConfig, info: DistInfo) -> None:
-        self.cfg, self.info = cfg, info
-        self.flops_window = flops_per_window(cfg.model, cfg.data.seq_len)
-        self.reset()
-
-    def reset(self) -> None:
-        self.t0, self.windows, self.data_wait = time.perf_counter(), 0, 0.0
-
-    def scalars(self, meter: LossMeter, engine: Engine, grad_norm: torch.Tensor, epoch: int) -> dict[str, float]:
-        dt, cfg = time.perf_counter() - self.t0, self.cfg
-        out = meter.mean("train")
-        out.update({"train/lr": engine.lr(), "train/grad_norm": float(grad_norm), "train/epoch": epoch,
-                    "perf/windows_per_s": self.windows / dt,
-                    "perf/note_steps_per_s": self.windows * cfg.data.seq_len * cfg.model.num_notes / dt,
-                    "perf/data_wait_frac": self.data_wait / dt})
-        if self.info.device.type == "cuda":
-            out["perf/tflops_per_s_per_gpu"] = self.flops_window * self.windows / dt / self.info.world_size / 1e12
-            out["perf/peak_memory_gib"] = torch.cuda.max_memory_allocated() / 2**30
-        self.reset()
-        return out
-
-
 def forever(loader: StreamingLoader) -> Iterator[dict]:
     while True:  # epochs; the loader advances its own epoch counter at each end
         yield from loader
@@ -477,15 +329,8 @@ def run(argv=None) -> int:
         return 2
     # ------------------------------------------------------------------ the run folder: one training at a time
     run_dir = Path(cfg.run.dir)
-    refused = ""
-    if info.is_main:  # before anything is written there; held until this process ends
-        try:
-            checkpoint.lock_run_dir(run_dir)
-        except CheckpointError as e:
-            refused = str(e)
-        except OSError as e:
-            refused = f"cannot use run.dir={run_dir}: {e}"
-    if dist.all_reduce_max(1.0 if refused else 0.0) > 0:  # every rank stops with rank 0
+    refused = take_run_dir(run_dir, info)
+    if refused:
         print0(f"run.dir error: {refused}")
         return 2
     # ------------------------------------------------------------------ the checkpoint to resume, if any

@@ -268,8 +268,9 @@ def test_model_sizes_that_disagree_with_the_data_are_refused(tiny_shards, tmp_pa
     assert key.split("=")[0] in res.stdout and "manifest.json" in res.stdout
 
 
-@pytest.mark.parametrize("key", ["log.every=0", "checkpoint.keep=0", "optim.lr=inf", "train.micro_batch=0",
-                                 "data.seq_len=0"])
+@pytest.mark.parametrize("key", ["log.every=0", "checkpoint.keep=0", "checkpoint.keep=-1", "optim.lr=inf",
+                                 "optim.lr=-1", "optim.lr=nan", "optim.grad_clip=nan", "optim.warmup_steps=-3",
+                                 "train.max_steps=0", "train.micro_batch=0", "train.val_batches=-1", "data.seq_len=0"])
 def test_invalid_values_are_refused_naming_the_key(tiny_shards, tmp_path, key):
     res = run_cli("-m", "deepj.train", "--config", "configs/debug.toml", f"data.dir={tiny_shards}",
                   f"run.dir={tmp_path}", key)

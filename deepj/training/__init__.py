@@ -11,8 +11,9 @@ docs/design.md#checkpoints-and-preemption).
 - `engine_deepspeed.py`: DeepSpeed behind the same `Engine` protocol, with its collective checkpoint;
 - `loss.py`: DeepJ's loss, and the play-only likelihood of the BL2012 benchmarks;
 - `optim.py`: `OptimConfig`, Nadam or AdamW, and the learning-rate schedule;
-- `checkpoint.py`: atomic checkpoints, resume, `CheckpointMeta` and `load_model`;
+- `checkpoint.py`: atomic checkpoints, verified on load, `CheckpointMeta` and `load_model`;
+- `resume.py`: a training run's checkpoints: what it saves, which one it resumes from, whether it can, loading it;
 - `preempt.py`: `StopFlag`, SIGTERM/SIGUSR2/SIGINT/SIGHUP or a launcher gone turned into a stop agreed by every rank;
-- `logger.py`: TensorBoard scalars, the console line per log step, and the FLOP count;
+- `logger.py`: the loss meter and throughput, TensorBoard scalars, the console line per log step, FLOPs;
 - `samples.py`: generated pieces in TensorBoard during training, as pictures and audio.
 """

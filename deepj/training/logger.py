@@ -1,4 +1,5 @@
-"""What a run reports: TensorBoard scalars and samples (rank 0), a console line per log step, and the FLOP count.
+"""What a run reports: loss terms averaged over batches and ranks (`LossMeter`), throughput (`Progress`), TensorBoard
+scalars and samples (rank 0), a console line per log step, and the FLOP count.
 
 TensorBoard lives in `<run.dir>/tb`, one folder for the whole run. On resume the writer is opened with
 `purge_step=<resumed step> + 1`, so events that a killed run logged after its last checkpoint are discarded by
@@ -10,8 +11,17 @@ from __future__ import annotations
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
 
 from deepj.model import ModelConfig
+from deepj.training import dist
+from deepj.training.dist import DistInfo
+
+if TYPE_CHECKING:
+    from deepj.training.config import TrainConfig
+    from deepj.training.engine import Engine
 
 
 def flops_per_window(cfg: ModelConfig, seq_len: int) -> float:
@@ -111,3 +121,55 @@ def warn0(message: str) -> None:
 
     if info().is_main:
         print(f"warning: {message}", file=sys.stderr, flush=True)
+
+
+class LossMeter:
+    """Loss terms summed over micro-batches (or validation batches), averaged over them and over ranks on read.
+
+    The terms are what the loss returns (play, replay, volume; play alone for a play-only model), the same on every
+    rank, so the all-reduce lines up."""
+
+    def __init__(self) -> None:
+        self.names: list[str] = []
+        self.sums: torch.Tensor | None = None  # (1 + terms,) float64 on the CPU
+        self.n = 0
+
+    def add(self, total: torch.Tensor, terms: dict[str, torch.Tensor]) -> dict[str, float]:
+        """Adds one batch's terms; returns them as {"loss": ..., term: ...} floats."""
+        values = torch.tensor([float(total.detach()), *(float(v) for v in terms.values())], dtype=torch.float64)
+        if self.sums is None:
+            self.names, self.sums = ["loss", *terms], torch.zeros_like(values)
+        self.sums += values
+        self.n += 1
+        return dict(zip(self.names, values.tolist()))
+
+    def mean(self, prefix: str) -> dict[str, float]:
+        """Collective. {prefix/loss, prefix/<term>...} averaged over batches and ranks; resets the meter."""
+        mean = dist.all_reduce_mean(self.sums / self.n)
+        self.sums, self.n = None, 0
+        return {f"{prefix}/{k}": float(v) for k, v in zip(self.names, mean)}
+
+
+class Progress:
+    """Throughput since the last log step, and the scalars of a log step."""
+
+    def __init__(self, cfg: TrainConfig, info: DistInfo) -> None:
+        self.cfg, self.info = cfg, info
+        self.flops_window = flops_per_window(cfg.model, cfg.data.seq_len)
+        self.reset()
+
+    def reset(self) -> None:
+        self.t0, self.windows, self.data_wait = time.perf_counter(), 0, 0.0
+
+    def scalars(self, meter: LossMeter, engine: Engine, grad_norm: torch.Tensor, epoch: int) -> dict[str, float]:
+        dt, cfg = time.perf_counter() - self.t0, self.cfg
+        out = meter.mean("train")
+        out.update({"train/lr": engine.lr(), "train/grad_norm": float(grad_norm), "train/epoch": epoch,
+                    "perf/windows_per_s": self.windows / dt,
+                    "perf/note_steps_per_s": self.windows * cfg.data.seq_len * cfg.model.num_notes / dt,
+                    "perf/data_wait_frac": self.data_wait / dt})
+        if self.info.device.type == "cuda":
+            out["perf/tflops_per_s_per_gpu"] = self.flops_window * self.windows / dt / self.info.world_size / 1e12
+            out["perf/peak_memory_gib"] = torch.cuda.max_memory_allocated() / 2**30
+        self.reset()
+        return out
