@@ -274,42 +274,43 @@ def test_sigint_saves_exits_75_and_resumes(tiny_shards, tmp_path):
     assert res.returncode == 0 and f"at step {step}" in res.stdout, output(res)[-3000:]
 
 
-def test_second_sigint_aborts_at_once():
-    """The first SIGINT only sets the flag; the second raises KeyboardInterrupt wherever the main thread is."""
-    from deepj.training.preempt import SIGNALS, StopFlag
+@pytest.fixture
+def own_signals():
+    """The stop signals' handlers as they were before the test, restored after it (StopFlag installs its own)."""
+    from deepj.training.preempt import SIGNALS
 
     saved = {sig: signal.getsignal(sig) for sig in SIGNALS}
-    try:
-        # What SIGINT would do if StopFlag left it alone (a failure of this test, not pytest's KeyboardInterrupt).
-        signal.signal(signal.SIGINT, lambda *_: pytest.fail("StopFlag does not handle SIGINT"))
-        flag = StopFlag()
+    yield
+    for sig, handler in saved.items():
+        signal.signal(sig, handler)
+
+
+def test_second_sigint_aborts_at_once(own_signals):
+    """The first SIGINT only sets the flag; the second raises KeyboardInterrupt wherever the main thread is."""
+    from deepj.training.preempt import StopFlag
+
+    # What SIGINT would do if StopFlag left it alone (a failure of this test, not pytest's KeyboardInterrupt).
+    signal.signal(signal.SIGINT, lambda *_: pytest.fail("StopFlag does not handle SIGINT"))
+    flag = StopFlag()
+    signal.raise_signal(signal.SIGINT)
+    assert flag.local and flag.signal_name == "SIGINT"
+    with pytest.raises(KeyboardInterrupt):
         signal.raise_signal(signal.SIGINT)
-        assert flag.local and flag.signal_name == "SIGINT"
-        with pytest.raises(KeyboardInterrupt):
-            signal.raise_signal(signal.SIGINT)
-    finally:
-        for sig, handler in saved.items():
-            signal.signal(sig, handler)
 
 
-def test_sighup_is_a_stop_unless_inherited_ignored():
+def test_sighup_is_a_stop_unless_inherited_ignored(own_signals):
     """SIGHUP (the terminal went away; torchrun forwards it) saves like SIGTERM instead of killing the trainer; under
     nohup (SIGHUP ignored from the start) it stays ignored, so the run outlives the shell."""
-    from deepj.training.preempt import SIGNALS, StopFlag
+    from deepj.training.preempt import StopFlag
 
-    saved = {sig: signal.getsignal(sig) for sig in SIGNALS}
-    try:
-        signal.signal(signal.SIGHUP, lambda *_: pytest.fail("StopFlag does not handle SIGHUP"))
-        flag = StopFlag()
-        signal.raise_signal(signal.SIGHUP)
-        assert flag.local and flag.signal_name == "SIGHUP"
-        signal.signal(signal.SIGHUP, signal.SIG_IGN)  # as nohup leaves it
-        flag = StopFlag()
-        signal.raise_signal(signal.SIGHUP)
-        assert not flag.local and signal.getsignal(signal.SIGHUP) is signal.SIG_IGN
-    finally:
-        for sig, handler in saved.items():
-            signal.signal(sig, handler)
+    signal.signal(signal.SIGHUP, lambda *_: pytest.fail("StopFlag does not handle SIGHUP"))
+    flag = StopFlag()
+    signal.raise_signal(signal.SIGHUP)
+    assert flag.local and flag.signal_name == "SIGHUP"
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)  # as nohup leaves it
+    flag = StopFlag()
+    signal.raise_signal(signal.SIGHUP)
+    assert not flag.local and signal.getsignal(signal.SIGHUP) is signal.SIG_IGN
 
 
 def test_launcher_gone_is_a_stop(monkeypatch):
