@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from deepj.data.manifest import MANIFEST, ShardEntry, ShardError
+from deepj.folder_lock import FolderBusy, lock_folder, unlock_folder
 from deepj.music.representation import NOTE_DTYPE, empty_notes
 
 NOTES_KEY = "notes.bin"
@@ -33,7 +34,6 @@ META_KEY = "json"
 REPORT = "report.json"
 _MAGIC = b"DJN1"
 SHARD_NAME = re.compile(r"^(train|val|test)-\d{6}\.tar(\.tmp)?$")  # ours, finished or left by a killed run
-LOCK = ".lock"
 STAGING_PREFIX = ".building-"
 OLD_SPOOL = ".preprocess-spool.tmp"  # what runs before OutputFolder spooled into; removed when found
 
@@ -233,37 +233,14 @@ class OutputFolder:
             raise
 
     def _lock(self) -> None:
-        import fcntl
-
-        path = self.dir / LOCK
-        while True:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                holder = os.read(fd, 300).decode("utf-8", "replace").strip() or "holder unknown"
-                os.close(fd)
-                raise OutputError(f"{self.dir} is in use by another {self.what} run ({holder}); wait for it to end, "
-                                  "or choose another OUTPUT_DIR") from None
-            except OSError as e:
-                if e.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS):
-                    os.close(fd)
-                    raise
-                # A file system without locks (some NFS mounts): refusing every run there would be worse.
-                print(f"warning: {self.dir} cannot be locked ({e.strerror}); make sure no other run writes into it",
-                      file=sys.stderr)
-            # The holder removes the file as it ends: if ours was removed before we locked it, lock the new one.
-            try:
-                same = os.path.samestat(os.fstat(fd), os.stat(path))
-            except FileNotFoundError:
-                same = False
-            if same:
-                break
-            os.close(fd)
-        self._fd = fd
-        os.ftruncate(fd, 0)
         when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime())
-        os.write(fd, f"pid {os.getpid()} on host {socket.gethostname()}, since {when}\n".encode())
+        try:
+            self._fd = lock_folder(self.dir, f"pid {os.getpid()} on host {socket.gethostname()}, since {when}")
+        except FolderBusy as e:
+            raise OutputError(f"{self.dir} is in use by another {self.what} run ({e or 'holder unknown'}); wait for it "
+                              "to end, or choose another OUTPUT_DIR") from None
+        if self._fd is None:  # a file system without locks (some NFS mounts): refusing every run there would be worse
+            print(f"warning: {self.dir} cannot be locked; make sure no other run writes into it", file=sys.stderr)
 
     def close(self, failed: bool = False) -> None:
         """Remove the staging folder and release the lock; after a failure, a folder this run created goes too."""
@@ -271,11 +248,7 @@ class OutputFolder:
             shutil.rmtree(self.staging, ignore_errors=True)
             self.staging = None
         if self._fd is not None:
-            try:
-                (self.dir / LOCK).unlink(missing_ok=True)  # while still held: see _lock
-            except OSError:
-                pass
-            os.close(self._fd)  # releases the lock
+            unlock_folder(self.dir, self._fd, remove=True)
             self._fd = None
         if failed and self._created:
             try:

@@ -18,9 +18,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import errno
-import fcntl
-import hashlib
 import json
 import os
 import random
@@ -39,6 +36,8 @@ import numpy as np
 import torch
 
 from deepj.config import ConfigError, from_dict, require
+from deepj.data.shards import sha256_file
+from deepj.folder_lock import LOCK, FolderBusy, lock_folder
 from deepj.model import DeepJ, ModelConfig
 from deepj.music.representation import ReprConfig
 from deepj.music.styles import StyleTree
@@ -49,7 +48,6 @@ COMPLETE = "COMPLETE"
 SHARED = "train.pt"
 META = "meta.json"
 META_VERSION = 1
-LOCK = ".lock"
 
 
 @dataclass
@@ -220,7 +218,7 @@ def save(run_dir: str | Path, step: int, shared: dict[str, Any] | None, rank_sta
         files = {str(p.relative_to(tmp)): p.stat().st_size for p in found}
         # Sizes catch a cut-short file; checksums catch one that changed after the save (a flipped bit, a copy gone
         # wrong). Hashing costs a read of what was just written (MBs for deepj's models), once per save.
-        sums = {str(p.relative_to(tmp)): _sha256(p) for p in found}
+        sums = {str(p.relative_to(tmp)): sha256_file(p) for p in found}
         marker = {"step": step, "world_size": info.world_size, "files": files, "sha256": sums}
         _fault_point("before-complete", step)
         (tmp / COMPLETE).write_text(json.dumps(marker, indent=1))
@@ -257,14 +255,6 @@ def list_checkpoints(run_dir: str | Path) -> list[Path]:
     return sorted(found, key=lambda p: int(STEP_RE.match(p.name).group(1)), reverse=True)
 
 
-def _sha256(path: Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _verify(path: Path, checksums: bool = True) -> str | None:
     """None if `path` is a complete checkpoint, else the reason it is not. With `checksums`, every file the COMPLETE
     marker lists a sha256 for is hashed and compared (markers written before checksums existed list none: those
@@ -291,7 +281,7 @@ def _verify(path: Path, checksums: bool = True) -> str | None:
             f = path / name
             if not f.is_file():
                 return f"{name} is missing"
-            got = _sha256(f)
+            got = sha256_file(f)
             if got != want:
                 return f"{name} has sha256 {got[:12]}..., COMPLETE says {want[:12]}... (changed since the save)"
     return None
@@ -373,36 +363,26 @@ os.register_at_fork(after_in_child=_drop_lock_in_child)
 def lock_run_dir(run_dir: str | Path) -> None:
     """Take `<run_dir>/.lock` for this process's life (rank 0 of a training, before it writes anything there).
 
-    An advisory `fcntl.flock`: the kernel drops it when the process ends in any way (kill -9 included), so a lock is
-    never stale; the pid and host written into the file only name the holder for the message. Raises CheckpointError
-    naming the holder when another training holds it. On a filesystem without flock support, warns and goes on.
+    Raises CheckpointError naming the holder when another training holds it. On a filesystem without flock support,
+    warns and goes on.
     """
     global _LOCK_FD
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    path = run_dir / LOCK
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError as e:
-        if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-            os.close(fd)
-            print(f"warning: cannot lock {path} ({e.strerror}): nothing stops a second training on {run_dir}",
-                  file=sys.stderr, flush=True)
-            return
-        holder = (os.pread(fd, 4096, 0).decode(errors="replace").strip().splitlines() or [""])[0]
-        os.close(fd)
-        holder = holder or "a process that has not written its pid yet"
-        raise CheckpointError(f"{run_dir} is in use by another training ({holder}; {path} is locked): wait for it to "
-                              "end or stop it, or choose another run.dir") from None
-    os.ftruncate(fd, 0)
     stamp = time.strftime("%Y-%m-%d %H:%M:%S")
-    os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()} since {stamp}\n".encode(), 0)
-    _LOCK_FD = fd
+    try:
+        _LOCK_FD = lock_folder(run_dir, f"pid {os.getpid()} on {socket.gethostname()} since {stamp}")
+    except FolderBusy as e:
+        holder = str(e) or "a process that has not written its pid yet"
+        raise CheckpointError(f"{run_dir} is in use by another training ({holder}; {run_dir / LOCK} is locked): wait "
+                              "for it to end or stop it, or choose another run.dir") from None
+    if _LOCK_FD is None:
+        print(f"warning: cannot lock {run_dir / LOCK}: nothing stops a second training on {run_dir}", file=sys.stderr,
+              flush=True)
 
 
 def unlock_run_dir() -> None:
     global _LOCK_FD
     if _LOCK_FD is not None:
-        os.close(_LOCK_FD)  # closing the descriptor releases the flock
+        os.close(_LOCK_FD)  # closing the descriptor releases the flock; the file stays for the next run
         _LOCK_FD = None
