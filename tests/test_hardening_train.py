@@ -377,12 +377,13 @@ def test_sigkill_of_torchrun_leaves_no_rank_training(tiny_shards, tmp_path):
             if alive(p):
                 os.kill(p, signal.SIGKILL)
     out = log.read_text()
-    assert "is gone" in out and "exiting 75" in out, out[-3000:]
+    assert "is gone" in out and "exiting 75" in out, "no agreed save after torchrun died:\n" + out[-6000:]
     step = newest_step(run)
     assert step > 4
     assert {"rank-00000.pt", "rank-00001.pt"} <= {p.name for p in (run / f"step-{step:08d}").iterdir()}
     res = torchrun(*BASE, f"data.dir={tiny_shards}", f"run.dir={run}", f"train.max_steps={step + 2}", timeout=300)
-    assert res.returncode == 0 and f"at step {step}" in res.stdout, output(res)[-3000:]
+    assert res.returncode == 0 and f"at step {step}" in res.stdout, \
+        f"the resume from step {step} failed ({res.returncode}):\n" + output(res)[-6000:]
 
 
 # -- 12. refused at start, or ended with a sentence --------------------------------------------------------------------
