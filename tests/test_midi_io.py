@@ -13,12 +13,43 @@ Across tracks or channels, and for everything else tested here, the grid notes a
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
-from midi_files import HAND_CASES, MidiSpec, Q, bad_files, note, off, on, random_spec, track, write_spec
+from midi_files import (
+    BIG_DELTA,
+    HAND_CASES,
+    TEXT,
+    MidiSpec,
+    Q,
+    bad_files,
+    note,
+    off,
+    on,
+    random_spec,
+    raw_midi,
+    raw_notes,
+    raw_off,
+    raw_on,
+    timing_files,
+    track,
+    write_spec,
+)
 
-from deepj.music.midi_io import MidiError, read_midi, read_tick_notes, write_midi
-from deepj.music.representation import ReprConfig, make_notes, quantize, replay_flags
+from deepj.music import midi_io
+from deepj.music.midi_io import MAX_TICK, MidiError, read_midi, read_tick_notes, write_midi
+from deepj.music.representation import (
+    MAX_STEP,
+    ReprConfig,
+    _merge_lexsort,
+    _merge_packed,
+    _packable,
+    make_notes,
+    merge,
+    quantize,
+    replay_flags,
+)
 
 PARSERS = ("symusic", "pretty_midi")
 CFG = ReprConfig(min_pitch=60, max_pitch=64)
@@ -207,3 +238,193 @@ def test_difference_largest_tick_over_ten_million(tmp_path):
     with pytest.raises(MidiError) as err:
         read_midi(path, CFG, "pretty_midi")
     assert err.value.reason == "corrupt" and "largest tick" in err.value.detail
+
+
+# ---- the timing check's fast path: a vectorised bound, the event walk only where the bound cannot decide ----
+
+
+def _plain_walk(data: bytes, pos: int, end: int) -> int:
+    """track_ticks as first written (one _varlen call per quantity): the reference for the inlined walk."""
+    ticks = running = 0
+    try:
+        while pos < end:
+            delta, pos = midi_io._varlen(data, pos)
+            ticks += delta
+            status = data[pos]
+            if status < 0x80:
+                if not running:
+                    break
+                pos += 1 if 0xC0 <= running < 0xE0 else 2
+            elif status < 0xF0:
+                running = status
+                pos += 2 if 0xC0 <= status < 0xE0 else 3
+            elif status in (0xFF, 0xF0, 0xF7):
+                size, pos = midi_io._varlen(data, pos + (2 if status == 0xFF else 1))
+                pos += size
+            elif status in midi_io._SYSTEM_DATA:
+                pos += 1 + midi_io._SYSTEM_DATA[status]
+            else:
+                break
+    except IndexError:
+        pass
+    return ticks
+
+
+def _walked_verdict(data: bytes, max_steps: int | None):
+    """The timing verdict from walking every track (the check before the fast path): None or (reason, detail)."""
+    tracks = midi_io._check_chunks("f.mid", data)
+    tpq = int.from_bytes(data[12:14], "big")
+    last = max((_plain_walk(data, a, b) for a, b in tracks), default=0)
+    steps = int(np.floor(last / (tpq / 4) + 0.5))
+    if last > MAX_TICK:
+        return "bad-timing", f"an event at tick {last}, beyond {MAX_TICK} (ticks are 32-bit)"
+    if steps > MAX_STEP:
+        return "bad-timing", (f"the file lasts {steps} steps (tick {last} at {tpq} per quarter), more than the "
+                              f"{MAX_STEP} a piece can hold")
+    if max_steps is not None and steps > max_steps:
+        return "too-long", (f"the file lasts {steps} steps (its last event at tick {last}, {tpq} per quarter) > "
+                            f"--max-steps {max_steps}")
+    return None
+
+
+def _verdict(data: bytes, max_steps: int | None):
+    tracks = midi_io._check_chunks("f.mid", data)
+    try:
+        midi_io._check_timing("f.mid", data, tracks, int.from_bytes(data[12:14], "big"), max_steps)
+    except MidiError as e:
+        return e.reason, e.detail
+    return None
+
+
+def _test_bytes(tmp_path) -> list[bytes]:
+    """Real files (random pieces, the timing files), and the same with random damage: flipped bytes, inserted
+    varlen-looking runs, sysex, meta and system messages, running status, cut tracks."""
+    rng = np.random.default_rng(7)
+    files = [write_spec(random_spec(rng), tmp_path / f"r{i}.mid").read_bytes() for i in range(12)]
+    files += [path.read_bytes() for path, _ in timing_files(tmp_path / "timing").values()]
+    pieces = [bytes([0xF0, 3, 1, 2, 0xF7]), bytes([0xFF, 0x7F, 0x82, 0x00]) + bytes(256), bytes([0xF2, 1, 2]),
+              bytes([0xF8]), bytes([0xC0, 5]), bytes([0x40, 0x41]), bytes([0xF4]), bytes([0x81, 0x80, 0x80, 0x80, 0])]
+    damaged = []
+    for k in range(300):
+        d = bytearray(files[k % len(files)])
+        for _ in range(int(rng.integers(1, 8))):
+            at = int(rng.integers(14, len(d)))
+            kind = rng.random()
+            if kind < 0.4:
+                d[at] = int(rng.integers(256))
+            elif kind < 0.6:
+                d[at:at] = bytes(0x80 | int(b) for b in rng.integers(0, 128, int(rng.integers(1, 7)))) + b"\x05"
+            elif kind < 0.9:
+                d[at:at] = pieces[int(rng.integers(len(pieces)))]
+            else:
+                del d[at : at + int(rng.integers(1, 4))]
+        damaged.append(bytes(d))
+    return files + damaged
+
+
+def _track_ranges(data: bytes) -> list[tuple[int, int]]:
+    """The chunks as the walk would get them, leniently: whatever fits (damaged sizes included)."""
+    out, pos = [], 14
+    while pos + 8 <= len(data):
+        size = int.from_bytes(data[pos + 4 : pos + 8], "big")
+        out.append((pos + 8, min(pos + 8 + size, len(data))))
+        pos += 8 + size
+    return out
+
+
+def test_track_ticks_is_the_plain_walk_and_tick_bounds_bound_it(tmp_path):
+    """On real and damaged files, and on arbitrary windows of them: the inlined walk gives the plain walk's ticks,
+    and every track's bound (where there is one) is at least its ticks."""
+    rng = np.random.default_rng(3)
+    bounded = 0
+    for data in _test_bytes(tmp_path):
+        ranges = _track_ranges(data)
+        ranges += [tuple(sorted(int(x) for x in rng.integers(0, len(data) + 1, 2))) for _ in range(4)]
+        for (a, b), bound in zip(ranges, midi_io.tick_bounds(data, ranges)):
+            ticks = _plain_walk(data, a, b)
+            assert midi_io.track_ticks(data, a, b) == ticks, (a, b)
+            assert bound == -1 or bound >= ticks, (a, b, bound, ticks)
+            bounded += bound >= 0
+    assert bounded > 1000  # the bound is there for nearly every track, not always -1
+
+
+def _near_limit(steps: int, tpq: int = 960) -> bytes:
+    """Two tracks: a short one (its bound is below 150 steps), and one lasting exactly `steps` steps."""
+    return raw_midi([raw_notes(4, q=tpq // 4), raw_notes(steps, q=tpq // 4, pitch=48)], tpq=tpq)
+
+
+def test_fast_path_verdicts_are_the_walked_verdicts(tmp_path, monkeypatch):
+    """Every verdict, with its detail text, equals walking every track: on real and damaged files, and on a file near
+    --max-steps whose bound is far above it (there the walk decides; the bound alone would refuse it)."""
+    for data in _test_bytes(tmp_path):
+        if len(data) < 14 or not data.startswith(b"MThd") or not 0 < int.from_bytes(data[12:14], "big") < 0x8000:
+            continue
+        try:
+            midi_io._check_chunks("f.mid", data)
+        except MidiError:
+            continue
+        for max_steps in (None, 100_000, 64, 32, 31):
+            assert _verdict(data, max_steps) == _walked_verdict(data, max_steps), max_steps
+
+    walks = []
+    walk = midi_io.track_ticks
+    monkeypatch.setattr(midi_io, "track_ticks", lambda *a: walks.append(a) or walk(*a))
+    data = _near_limit(200)
+    tracks = midi_io._check_chunks("f.mid", data)
+    short, long = (int(b) // 240 for b in midi_io.tick_bounds(data, tracks))
+    assert short < 150 and long > 10 * 200  # the long track's bound clears 200 steps only for a far higher limit
+    bound_steps = long
+    for max_steps in (None, 10**7, bound_steps + 1, bound_steps - 1, 201, 200, 199, 150):
+        walks.clear()
+        assert _verdict(data, max_steps) == _walked_verdict(data, max_steps), max_steps
+        if max_steps is None or max_steps > bound_steps:
+            assert walks == [], max_steps  # decided by the bound alone
+        else:
+            assert len(walks) == 1, max_steps  # only the long track is walked; the short one is bounded
+    assert _verdict(data, 200) is None and _verdict(data, 199)[0] == "too-long"
+    # ticks past 2**31 and steps past MAX_STEP: refused as before, after a walk
+    far = raw_midi([raw_notes(4), [(BIG_DELTA, TEXT)] * 9 + [(0, raw_on(62)), (Q, raw_off(62))]])
+    assert _verdict(far, None) == _walked_verdict(far, None) and _verdict(far, None)[0] == "bad-timing"
+
+
+def test_read_bytes_reads_past_the_stated_size(tmp_path):
+    """A regular file longer than its stat says (one that grew, or a /proc file of size 0) is read on to the cap."""
+    proc = Path("/proc/self/mountinfo")
+    if not proc.is_file() or proc.stat().st_size != 0:
+        pytest.skip("no /proc file of stated size 0 here")
+    data = midi_io._read_bytes(proc, 2**20)
+    assert len(data) > 0 and data.startswith(proc.read_bytes()[:20])
+    with pytest.raises(MidiError) as err:
+        midi_io._read_bytes(proc, 10)
+    assert err.value.reason == "too-large" and "more than the limit of 10 bytes" in err.value.detail
+
+
+def test_merge_packed_is_merge_lexsort():
+    """The quantizer's fast merge (packed int64 keys) gives the bytes of the multi-key lexsort merge: overlaps across
+    notes, equal onsets, equal velocities, velocity 0, steps near MAX_STEP, zero-length notes; other inputs take the
+    lexsort path."""
+    rng = np.random.default_rng(11)
+    for i in range(400):
+        k = int(rng.integers(1, 80))
+        pitch = rng.integers(0, 128, k) if i % 2 else rng.integers(60, 63, k)
+        start = rng.integers(0, int(rng.integers(1, 40)), k)
+        end = start + rng.integers(1, 12, k)
+        vel = rng.integers(0, 128, k) if i % 3 else np.full(k, 90)
+        if i % 5 == 0:  # at the top of the step range
+            end = np.minimum(end + MAX_STEP - 60, MAX_STEP)
+            start = np.minimum(start + MAX_STEP - 60, end - 1)
+        assert _packable(pitch, start, end, vel)
+        assert _merge_packed(pitch, start, end, vel).tobytes() == _merge_lexsort(pitch, start, end, vel).tobytes(), i
+    for i in range(300):  # zero-length notes too (quantize never makes them): the same notes, or the same error
+        k = int(rng.integers(1, 30))
+        cols = rng.integers(60, 63, k), rng.integers(0, 20, k), rng.integers(0, 4, k), rng.integers(0, 128, k)
+        cols = cols[0], cols[1], cols[1] + cols[2], cols[3]
+        got = []
+        for fn in (_merge_packed, _merge_lexsort):
+            try:
+                got.append(fn(*cols).tobytes())
+            except IndexError:  # an onset with no run end after it
+                got.append(IndexError)
+        assert got[0] == got[1], i
+    odd = (np.array([60, 61], np.int32), np.array([0, 1]), np.array([2, 3]), np.array([5, 6]))
+    assert not _packable(*odd) and merge(*odd).tolist() == [(60, 0, 2, 5), (61, 1, 3, 6)]

@@ -70,7 +70,11 @@ def _read_bytes(path: Path, max_bytes: int) -> bytes:
             _regular(path, st)  # the file opened is the file checked
             if st.st_size > max_bytes:
                 raise MidiError(path, "too-large", f"{st.st_size} bytes > the limit of {max_bytes} (--max-file-mb)")
-            data = f.read(max_bytes + 1)  # bounded, should the file grow meanwhile
+            # Bounded, should the file grow meanwhile. Asked for its size + 1 first: read(max_bytes + 1) allocates
+            # that much up front (64 MB: 25 us a file, as long as reading it); a file that grew is read on to the cap.
+            data = f.read(st.st_size + 1)
+            if len(data) > st.st_size:
+                data += f.read(max_bytes + 1 - len(data))
         except OSError as e:
             raise MidiError(path, "unreadable", e.strerror or str(e)) from None
     if len(data) > max_bytes:
@@ -129,7 +133,8 @@ def _check_chunks(path: Path, data: bytes) -> list[tuple[int, int]]:
 
 # System common and real-time messages: status -> data bytes (MIDI 1.0); they carry a delta time like any event.
 _SYSTEM_DATA = {0xF1: 1, 0xF2: 2, 0xF3: 1, 0xF6: 0, 0xF8: 0, 0xFA: 0, 0xFB: 0, 0xFC: 0, 0xFE: 0}
-
+# Data bytes after a channel status (0x80-0xEF): program change and channel pressure 1, the others 2.
+_CHANNEL_DATA = {s: 1 if 0xC0 <= s < 0xE0 else 2 for s in range(0x80, 0xF0)}
 
 
 def _varlen(data: bytes, pos: int) -> tuple[int, int]:
@@ -143,26 +148,39 @@ def _varlen(data: bytes, pos: int) -> tuple[int, int]:
         value = (value << 7) | (b & 0x7F)
     return value, pos + 1
 
+
 def track_ticks(data: bytes, pos: int, end: int) -> int:
     """The tick of a track's last event: the sum of its delta times, walking the events of data[pos:end].
 
     Lenient: it stops at the first malformed event (the parsers then decide whether the file is corrupt) and counts
-    the ticks up to there. About 0.3 us per event, a few times symusic's whole parse.
+    the ticks up to there. An event that begins before `end` is read to its own end, past `end` if need be. About
+    0.12 us per event, a few times symusic's whole parse: `_check_timing` walks a track only where `tick_bounds`
+    cannot settle its verdict.
     """
     ticks = running = 0
+    run_data = 0  # data bytes of the running status's kind
     try:
         while pos < end:
-            delta, pos = _varlen(data, pos)
-            ticks += delta
+            b = data[pos]  # the delta time, inline: nearly every delta is one byte
+            pos += 1
+            if b & 0x80:
+                delta = b & 0x7F
+                while b & 0x80:
+                    b = data[pos]
+                    pos += 1
+                    delta = (delta << 7) | (b & 0x7F)
+                ticks += delta
+            else:
+                ticks += b
             status = data[pos]
             if status < 0x80:  # running status: the data bytes of the last channel message's kind
                 if not running:
                     break
-                pos += 1 if 0xC0 <= running < 0xE0 else 2
+                pos += run_data
             elif status < 0xF0:
-                running = status
-                pos += 2 if 0xC0 <= status < 0xE0 else 3
-            elif status in (0xFF, 0xF0, 0xF7):  # meta (type byte, length, data) or sysex (length, data)
+                running, run_data = status, _CHANNEL_DATA[status]
+                pos += 1 + run_data
+            elif status == 0xFF or status == 0xF0 or status == 0xF7:  # meta (type, length, data) or sysex
                 size, pos = _varlen(data, pos + (2 if status == 0xFF else 1))
                 pos += size
             elif status in _SYSTEM_DATA:  # both parsers read on past these (song position, clock ...)
@@ -174,18 +192,67 @@ def track_ticks(data: bytes, pos: int, end: int) -> int:
     return ticks
 
 
+def tick_bounds(data: bytes, tracks: list[tuple[int, int]]) -> np.ndarray:
+    """For each track, an upper bound of `track_ticks(data, start, end)` without walking its events; -1 where there
+    is none this cheap. Vectorised: about 25 us for a small file, 7 ns a byte (the walk: 0.12 us an event).
+
+    Why it bounds: a delta time is a varlen, bytes >= 0x80 ended by one < 0x80, starting in [start, end). Read every
+    byte as if it were part of a varlen ending at the first byte < 0x80 from it: byte q is worth its 7 bits shifted by
+    7 per byte after it up to that end. For the bytes of a real delta this is exact, and its value is the sum of its
+    bytes' worths; deltas never share a byte and no worth is negative, so the worths of all bytes in [start, end + 3)
+    add up to at least the track's ticks (a delta of at most 4 bytes that starts before `end` ends before end + 3). A
+    delta of 5 bytes or more starts with 4 bytes >= 0x80: where those occur in the track, there is no bound (-1;
+    such runs are text or sysex data, nearly never deltas). Status and data bytes are counted too (0x90 0x3C is worth
+    2108), so the bound is loose, tens of ticks a byte: enough to clear the limits for nearly all small files.
+    """
+    n = len(data)
+    high = np.zeros(n + 6, np.uint8)  # 1 where a byte is >= 0x80; padded: a varlen running past the data ends no delta
+    high[:n] = np.frombuffer(data, np.uint8) >> 7
+    two = high[:-1] & high[1:]  # q and q + 1 both >= 0x80
+    three = two[:-1] & high[2:]
+    four = three[:-1] & high[3:]  # a varlen of 5 bytes or more starts at q
+    after = high[: n + 4] + two[: n + 4] + three[: n + 4]  # bytes after q in its varlen, capped at 3
+    low = np.zeros(n + 4, np.int32)
+    low[:n] = np.frombuffer(data, np.uint8) & 0x7F
+    worth = low << (7 * after)  # below 2**28
+    # Per track, sums over [start, end + 3) and flags over [start, end): reduceat sums from each index to the next.
+    ranges = np.array([(a, b + 3) for a, b in tracks], np.intp).ravel()
+    sums = np.add.reduceat(worth, ranges, dtype=np.int64)[::2]
+    longs = np.logical_or.reduceat(four, ranges - [0, 3] * len(tracks))[::2]  # at start == end: four[start], no harm
+    return np.where(longs, -1, sums)
+
+
+def _timing_ok(last: int, tpq: int, max_steps: int | None) -> bool:
+    """Whether a file whose last event lies at tick `last` passes `_check_timing`. Monotone: a smaller tick passes
+    whenever a larger one does, so a bound that passes proves the exact tick passes."""
+    steps = _steps(last, tpq)
+    return last <= MAX_TICK and steps <= MAX_STEP and (max_steps is None or steps <= max_steps)
+
+
+def _steps(last: int, tpq: int) -> int:
+    return int(np.floor(last / (tpq / STEPS_PER_BEAT) + 0.5))  # as quantize rounds
+
+
 def _check_timing(path: Path, data: bytes, tracks: list[tuple[int, int]], tpq: int, max_steps: int | None) -> None:
-    """Ticks and steps range-checked on the raw events, before either parser (or any cast) sees them."""
-    last = max((track_ticks(data, a, b) for a, b in tracks), default=0)
+    """Ticks and steps range-checked on the raw events, before either parser (or any cast) sees them.
+
+    Only the tracks whose cheap bound does not pass are walked. Should one of them fail, it lies beyond every
+    bounded track (their bounds pass, its ticks do not), so the largest walked tick is the file's last tick: the
+    verdict and its message are those of walking every track."""
+    bounds = tick_bounds(data, tracks) if tracks else ()
+    walked = [track_ticks(data, a, b) for (a, b), bound in zip(tracks, bounds)
+              if bound < 0 or not _timing_ok(int(bound), tpq, max_steps)]
+    last = max(walked, default=0)
+    if _timing_ok(last, tpq, max_steps):
+        return
     if last > MAX_TICK:
         raise MidiError(path, "bad-timing", f"an event at tick {last}, beyond {MAX_TICK} (ticks are 32-bit)")
-    steps = int(np.floor(last / (tpq / STEPS_PER_BEAT) + 0.5))  # as quantize rounds
+    steps = _steps(last, tpq)
     if steps > MAX_STEP:
         raise MidiError(path, "bad-timing", f"the file lasts {steps} steps (tick {last} at {tpq} per quarter), "
                         f"more than the {MAX_STEP} a piece can hold")
-    if max_steps is not None and steps > max_steps:
-        raise MidiError(path, "too-long", f"the file lasts {steps} steps (its last event at tick {last}, {tpq} "
-                        f"per quarter) > --max-steps {max_steps}")
+    raise MidiError(path, "too-long", f"the file lasts {steps} steps (its last event at tick {last}, {tpq} "
+                    f"per quarter) > --max-steps {max_steps}")
 
 
 def read_tick_notes(path: str | os.PathLike, parser: Parser = "symusic", *, max_bytes: int = MAX_FILE_BYTES,

@@ -110,6 +110,54 @@ def merge(pitch: np.ndarray, start: np.ndarray, end: np.ndarray, velocity: np.nd
         return empty_notes()
     if start.min() < 0 or end.max() > MAX_STEP:  # the casts to NOTE_DTYPE below would wrap silently
         raise ValueError(f"steps must lie in [0, {MAX_STEP}], got [{start.min()}, {end.max()}]")
+    if _packable(pitch, start, end, velocity):
+        return _merge_packed(pitch, start, end, velocity)
+    return _merge_lexsort(pitch, start, end, velocity)
+
+
+def _packable(pitch: np.ndarray, start: np.ndarray, end: np.ndarray, velocity: np.ndarray) -> bool:
+    """Whether `_merge_packed` can take these: int64 columns with MIDI pitches, byte velocities and steps in
+    [0, MAX_STEP] (what quantize passes, and nearly every caller)."""
+    return (all(a.dtype == np.int64 for a in (pitch, start, end, velocity)) and pitch.min() >= 0
+            and pitch.max() < MIDI_PITCHES and velocity.min() >= 0 and velocity.max() <= 255
+            and end.min() >= 0 and start.max() <= MAX_STEP)
+
+
+def _merge_packed(pitch: np.ndarray, start: np.ndarray, end: np.ndarray, velocity: np.ndarray) -> np.ndarray:
+    """`_merge_lexsort`'s result, 2-3 times faster on the few hundred notes of a typical file (numpy's per-call cost
+    dominates there): each multi-key lexsort becomes one np.sort of int64 values packing the keys in bit fields
+    (pitch << 32 | step: a pitch has 7 bits, a step 32), decoded after sorting, so no permutation is gathered and
+    ties need no stable order. tests/test_midi_io.py checks both give the same bytes."""
+    ps = (pitch << 32) | start
+    # Onsets: one per (pitch, start), with the largest velocity (255 - velocity sorts it first).
+    key = np.sort((ps << 8) | (255 - velocity))
+    first = np.empty(len(key), dtype=bool)
+    first[0] = True
+    np.not_equal(key[1:] >> 8, key[:-1] >> 8, out=first[1:])
+    on_ps, on_v = key[first] >> 8, 255 - (key[first] & 0xFF)
+
+    # Sounding runs per pitch: events (pitch, step, +1 start | -1 end) as pitch << 33 | step << 1 | is-start, so at
+    # equal time ends sort before starts; a run ends at an end where the running count returns to 0.
+    ev = np.concatenate([(ps << 1) | 1, ((pitch << 32) | end) << 1])
+    ev.sort()
+    is_end = (ev & 1) == 0
+    count = np.cumsum(1 - 2 * is_end.astype(np.int64))
+    run_end = ev[is_end & (count == 0)] >> 1  # pitch << 32 | step, sorted
+
+    # Each onset's note ends at the next onset of the same pitch or the end of its run, whichever comes first.
+    note_end = run_end[np.searchsorted(run_end, on_ps, side="right")] & 0xFFFFFFFF
+    on_p, on_s = on_ps >> 32, on_ps & 0xFFFFFFFF
+    same = on_p[1:] == on_p[:-1]
+    np.minimum(note_end[:-1], np.where(same, on_s[1:], note_end[:-1]), out=note_end[:-1])
+
+    order = np.argsort((on_s << 7) | on_p)  # by (start, pitch); the pairs are distinct
+    out = np.empty(len(on_ps), dtype=NOTE_DTYPE)
+    out["pitch"], out["start"], out["end"], out["velocity"] = on_p[order], on_s[order], note_end[order], on_v[order]
+    return out
+
+
+def _merge_lexsort(pitch: np.ndarray, start: np.ndarray, end: np.ndarray, velocity: np.ndarray) -> np.ndarray:
+    """merge for any integer columns: multi-key lexsorts."""
     # Onsets: one per (pitch, start), with the largest velocity.
     order = np.lexsort((-velocity, start, pitch))
     p, s, v = pitch[order], start[order], velocity[order]
