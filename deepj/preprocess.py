@@ -7,10 +7,12 @@
 INPUT is a folder tree (`<period>/<composer>/*.mid`), a MAESTRO-style CSV, or the word `demo` (music21's bundled
 scores, converted once into a cache; write `./demo` for a folder called demo).
 
-Files are read in parallel (one process per core), in sorted source order. A file that cannot be used (corrupt,
-empty, no notes, too short ...) is skipped and listed with its reason in report.json; nothing one file does stops the
-run. Pieces without an official split go to val iff `sha256("{seed}:{source}")` maps below `--val-fraction`, so a
-piece keeps its split when files are added. The same inputs and settings give the same bytes: shards, then
+Files are read in parallel (one process per core), each process appending the pieces it encodes to its own spool file;
+then the shards are planned from the pieces' sizes in sorted source order and written in parallel, one process per
+shard, so every core stays busy and the output is the same bytes whatever --workers. A file that cannot be used
+(corrupt, empty, no notes, too short ...) is skipped and listed with its reason in report.json; nothing one file does
+stops the run. Pieces without an official split go to val iff `sha256("{seed}:{source}")` maps below `--val-fraction`,
+so a piece keeps its split when files are added. The same inputs and settings give the same bytes: shards, then
 report.json, then manifest.json (last, so a folder with a manifest is complete).
 
 OUTPUT_DIR is taken for the run (deepj.data.shards.OutputFolder): a second run into it is refused at once (exit 2,
@@ -36,14 +38,24 @@ import numpy as np
 
 from deepj import __version__
 from deepj.corpus import SPLITS, Corpus, CorpusError, open_corpus
-from deepj.data.manifest import MANIFEST, MAX_PIECE_STEPS, Manifest, ShardEntry
-from deepj.data.shards import REPORT, OutputError, OutputFolder, SplitWriter, decode_notes, encode_notes
+from deepj.data.manifest import INDEX, MANIFEST, MAX_PIECE_STEPS, PIECE_DTYPE, Manifest, PieceTable, ShardEntry
+from deepj.data.shards import (
+    REPORT,
+    OutputError,
+    OutputFolder,
+    ShardWriter,
+    encode_notes,
+    plan_shards,
+    sample_meta,
+    sample_size,
+)
 from deepj.music.constants import DEFAULT_MAX_PITCH, DEFAULT_MIN_PITCH
 from deepj.music.midi_io import MidiError, read_midi
 from deepj.music.representation import ReprConfig, num_steps, silent_steps
 from deepj.music.styles import StyleTree
 
-SPOOL = "spool.tmp"  # in the run's own staging folder
+SPOOL_PREFIX = "spool-"  # spool-<pid>.tmp: each reading process's encoded pieces, in the run's staging folder
+_spool = None  # this process's spool file (see _open_spool)
 # --max-steps: 100,000 16ths = 6,250 bars, 3.5 hours at 120 bpm. MAESTRO's longest performance (2,625 s, written at a
 # fixed 120 bpm) is 21,000 steps, so real music stays far below; a broken file with a stray far event (ticks near
 # 1e9: millions of steps, nearly all silent) stays far above. The limit is there for such files, not for memory.
@@ -122,8 +134,16 @@ def process_file(path: str | os.PathLike, repr_cfg: ReprConfig, min_steps: int, 
     return notes
 
 
+def _open_spool(staging: str) -> None:
+    """Pool initializer (and the main process when it reads alone): this process's own spool file. Unbuffered, so a
+    piece is on disk before its result is sent, and a worker terminated at the end loses nothing."""
+    global _spool
+    _spool = open(Path(staging) / f"{SPOOL_PREFIX}{os.getpid()}.tmp", "ab", buffering=0)
+
+
 def _work(task: tuple[str, int, int, int, str, int, float, int]) -> tuple[bool, Any]:
-    """Pool worker: -> (True, (encoded notes, steps, notes)) or (False, (reason, detail))."""
+    """Pool worker: -> (True, (spool file, offset, length, steps, notes)) or (False, (reason, detail)). The encoded
+    notes go to this process's spool; only their place crosses the process boundary."""
     path, min_pitch, max_pitch, min_steps, parser, max_steps, max_silence, max_bytes = task
     try:
         notes = process_file(path, ReprConfig(min_pitch, max_pitch), min_steps, parser, max_steps=max_steps,
@@ -132,8 +152,29 @@ def _work(task: tuple[str, int, int, int, str, int, float, int]) -> tuple[bool, 
         return False, (e.reason, e.detail)
     except Exception as e:  # noqa: BLE001 (a reader bug must not end a run over 100k files; reported with its type)
         return False, ("error", f"{type(e).__name__}: {e}"[:300])
-    # Encoded in the worker: ~2 bytes per note cross the process boundary instead of 10.
-    return True, (encode_notes(notes), num_steps(notes), len(notes))
+    blob = encode_notes(notes)
+    offset = _spool.tell()
+    _spool.write(blob)
+    return True, (Path(_spool.name).name, offset, len(blob), num_steps(notes), len(notes))
+
+
+def _write_shard(task: tuple[str, str, str, list[tuple]]) -> tuple[ShardEntry, np.ndarray]:
+    """Pool worker: one planned shard from the spooled pieces -> its entry and index records."""
+    staging, name, split, samples = task
+    fds: dict[str, int] = {}
+    writer = ShardWriter(staging, name, split)
+    try:
+        for source, style, style_id, spool, offset, length, steps, n in samples:
+            if spool not in fds:
+                fds[spool] = os.open(Path(staging) / spool, os.O_RDONLY)
+            writer.add(source, style, style_id, os.pread(fds[spool], length, offset), steps, n)
+        return writer.finish()
+    except BaseException:
+        writer.abort()
+        raise
+    finally:
+        for fd in fds.values():
+            os.close(fd)
 
 
 # --------------------------------------------------------------------------------------------------- splits, styles
@@ -198,10 +239,10 @@ def split_totals(shards: list[ShardEntry], splits) -> dict[str, Any]:
 
 # --------------------------------------------------------------------------------------------------- the run
 
-def _read_all(corpus: Corpus, settings: Settings, workers: int, spool, progress: bool):
-    """Read every piece (in parallel, results in source order); good notes go to the spool file.
+def _read_all(corpus: Corpus, settings: Settings, pool, workers: int, staging: Path, progress: bool):
+    """Read every piece (in parallel, results in source order) into the spool files.
 
-    -> written [(piece index, spool offset, length, steps, notes)], skipped [{"file", "reason", "detail"}]."""
+    -> written [(piece index, spool file, offset, length, steps, notes)], skipped [{"file", "reason", "detail"}]."""
     from tqdm import tqdm
 
     written, skipped, todo = [], [], []
@@ -217,33 +258,39 @@ def _read_all(corpus: Corpus, settings: Settings, workers: int, spool, progress:
     max_bytes = int(settings.max_file_mb * 2**20)
     tasks = [(str(corpus.pieces[i].path), settings.min_pitch, settings.max_pitch, settings.min_steps, settings.parser,
               settings.max_steps, settings.max_silence, max_bytes) for i in todo]
-    pool = None
-    if workers > 1 and len(tasks) > 1:
-        import multiprocessing as mp
-
-        pool = mp.Pool(min(workers, len(tasks)))
+    if pool is not None:
         chunk = max(1, min(32, len(tasks) // (workers * 8)))
         results = pool.imap(_work, tasks, chunksize=chunk)
     else:
+        _open_spool(str(staging))
         results = map(_work, tasks)
     bar = tqdm(total=len(tasks), desc="reading MIDI", unit="file", disable=not progress, file=sys.stderr,
                mininterval=1.0)
     try:
         for i, (ok, payload) in zip(todo, results):
             if ok:
-                blob, steps, n = payload
-                written.append((i, spool.tell(), len(blob), steps, n))
-                spool.write(blob)
+                written.append((i, *payload))
             else:
                 reason, detail = payload
                 skipped.append({"file": corpus.source(corpus.pieces[i]), "reason": reason, "detail": detail})
             bar.update(1)
     finally:
         bar.close()
-        if pool is not None:
-            pool.terminate()
-            pool.join()
     return written, skipped
+
+
+def _write_all(plan: list[tuple[str, str, str, list[tuple]]], pool, progress: bool) -> tuple[list[ShardEntry],
+                                                                                              np.ndarray]:
+    """Write the planned shards (in parallel when there is a pool) -> entries and index records, in plan order."""
+    from tqdm import tqdm
+
+    results = pool.imap(_write_shard, plan) if pool is not None else map(_write_shard, plan)
+    entries, records = [], []
+    for entry, rec in tqdm(results, total=len(plan), desc="writing shards", unit="shard", disable=not progress,
+                           file=sys.stderr, mininterval=1.0):
+        entries.append(entry)
+        records.append(rec)
+    return entries, (np.concatenate(records) if records else np.zeros(0, PIECE_DTYPE))
 
 
 def preprocess(input_spec: str, out_dir: str | Path, settings: Settings | None = None, *, periods_file=None,
@@ -287,47 +334,66 @@ def _run(corpus: Corpus, input_spec: str, folder: OutputFolder, settings: Settin
 
     workers = max(1, workers or os.cpu_count() or 1)
     pieces = corpus.pieces
-    with open(staging / SPOOL, "w+b") as spool:
-        written, skipped = _read_all(corpus, settings, workers, spool, progress)
+    pool = None
+    if workers > 1 and len(pieces) > 1:
+        import multiprocessing as mp
+
+        pool = mp.Pool(min(workers, len(pieces)), initializer=_open_spool, initargs=(str(staging),))
+    try:
+        written, skipped = _read_all(corpus, settings, pool, workers, staging, progress)
         skipped = sorted(corpus.skipped + skipped, key=lambda s: s["file"])
         if not written:
             counts = f"all {len(pieces) + len(corpus.skipped)} files were skipped ({_counts_text(skipped)})"
             if (out_dir / MANIFEST).exists():  # an earlier good output stays exactly as it was, its report too
                 raise PreprocessError(f"nothing usable in {input_spec}: {counts}; the earlier output in {out_dir} "
                                       "is unchanged", code=1)
-            report = _write_report(staging, corpus, skipped, [], [], t0)
+            report = _write_report(staging, corpus, skipped, [], np.zeros(0, PIECE_DTYPE), [], t0)
             report.replace(out_dir / REPORT)  # the report says what went wrong
             raise PreprocessError(f"nothing usable in {input_spec}: {counts}; see {out_dir / REPORT}", code=1)
-        sources = [corpus.source(pieces[i]) for i, *_ in written]
-        splits = assign_splits(sources, [pieces[i].split for i, *_ in written], settings.val_fraction, settings.seed)
-        styles = sorted({pieces[i].style for i, *_ in written})
-        style_id = {s: k for k, s in enumerate(styles)}
-        listed = {p.split for p in pieces} | set(corpus.report.get("splits_listed", []))
-        present = [s for s in SPLITS if s != "test" or "test" in listed]  # train and val always
-        shard_bytes = int(settings.shard_size_mb * 2**20)
-        writers = {s: SplitWriter(staging, s, shard_bytes) for s in present}
-        try:
-            for k in sorted(range(len(written)), key=lambda k: sources[k]):  # sorted source order in each split
-                i, offset, length, _steps, _n = written[k]
-                spool.seek(offset)
-                style = pieces[i].style
-                writers[splits[k]].add(sources[k], style, style_id[style], decode_notes(spool.read(length)))
-            shards = [e for s in present for e in writers[s].close()]
-        except BaseException:
-            for w in writers.values():
-                w.abort()
-            raise
-    (staging / SPOOL).unlink()
+        plan, present, styles = _plan(corpus, settings, written, staging)
+        shards, records = _write_all(plan, pool, progress)
+    finally:
+        if pool is not None:
+            pool.terminate()
+            pool.join()
+    for spool in staging.glob(SPOOL_PREFIX + "*"):
+        spool.unlink()
 
     stale = folder.stale_shards({e.name for e in shards})
     totals = split_totals(shards, present)
     totals.update(files_seen=len(pieces) + len(corpus.skipped), files_skipped=len(skipped))
     manifest = Manifest(dir=staging, representation=repr_cfg, styles=StyleTree.from_leaves(styles),
-                        shards=tuple(shards), totals=totals, settings=manifest_settings, tool=f"deepj {__version__}")
-    _write_report(staging, corpus, skipped, shards, styles, t0, stale)
+                        shards=tuple(shards), totals=totals, settings=manifest_settings, tool=f"deepj {__version__}",
+                        pieces=PieceTable.from_records(records))
+    _write_report(staging, corpus, skipped, shards, records, styles, t0, stale)
     manifest.write()
-    folder.commit([e.name for e in shards] + [REPORT], stale)
+    folder.commit([e.name for e in shards] + [REPORT, INDEX], stale)
     return dataclasses.replace(manifest, dir=out_dir)
+
+
+def _plan(corpus: Corpus, settings: Settings, written: list[tuple], staging: Path):
+    """Splits, style slots and shards of the pieces read: -> (shard tasks for _write_shard, splits present, styles).
+    Each split's pieces in sorted source order, cut into shards of about --shard-size-mb by `plan_shards`."""
+    pieces = corpus.pieces
+    sources = [corpus.source(pieces[w[0]]) for w in written]
+    splits = assign_splits(sources, [pieces[w[0]].split for w in written], settings.val_fraction, settings.seed)
+    styles = sorted({pieces[w[0]].style for w in written})
+    style_id = {s: k for k, s in enumerate(styles)}
+    listed = {p.split for p in pieces} | set(corpus.report.get("splits_listed", []))
+    present = [s for s in SPLITS if s != "test" or "test" in listed]  # train and val always
+    shard_bytes = max(int(settings.shard_size_mb * 2**20), 1)
+    plan = []
+    for split in present:
+        samples = []
+        for k in sorted((k for k in range(len(written)) if splits[k] == split), key=lambda k: sources[k]):
+            i, spool, offset, length, steps, n = written[k]
+            style = pieces[i].style
+            samples.append((sources[k], style, style_id[style], spool, offset, length, steps, n))
+        sizes = [sample_size(sample_meta(src, st, sid, t, n), length)
+                 for src, st, sid, _, _, length, t, n in samples]
+        for j, (lo, hi) in enumerate(plan_shards(sizes, shard_bytes)):
+            plan.append((str(staging), f"{split}-{j:06d}.tar", split, samples[lo:hi]))
+    return plan, present, styles
 
 
 def _counts_text(skipped: list[dict]) -> str:
@@ -335,9 +401,10 @@ def _counts_text(skipped: list[dict]) -> str:
     return ", ".join(f"{k} {v}" for k, v in sorted(counts.items())) or "none"
 
 
-def _write_report(out_dir: Path, corpus: Corpus, skipped: list[dict], shards: list[ShardEntry], styles: list[str],
-                  t0: float, stale: list[str] | None = None) -> Path:
-    per_style = Counter(styles[sid] for e in shards for sid in e.piece_styles)
+def _write_report(out_dir: Path, corpus: Corpus, skipped: list[dict], shards: list[ShardEntry], records: np.ndarray,
+                  styles: list[str], t0: float, stale: list[str] | None = None) -> Path:
+    per_style = {styles[sid]: int(n) for sid, n in enumerate(np.bincount(records["style"], minlength=len(styles)))
+                 if n}
     per_split = Counter()
     for e in shards:
         per_split[e.split] += e.pieces

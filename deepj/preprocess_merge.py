@@ -3,6 +3,7 @@
     python -m deepj.preprocess_merge slice INPUT WORK --index I --count K [preprocess options ...]
     python -m deepj.preprocess_merge slice INPUT WORK --index I --list FILES.txt [preprocess options ...]
     python -m deepj.preprocess_merge merge WORK OUTPUT_DIR [--remove-slices]
+    python -m deepj.preprocess_merge upgrade SHARD_DIR   (format 1 -> 2: adds the piece index; deepj/data/upgrade.py)
 
 `slice` takes every K-th MIDI file of INPUT (sorted source names, starting at I), or the source names listed in a
 file, and mirrors them as symlinks under WORK/slice-NNNN/input: the same relative paths, so every piece keeps its
@@ -15,11 +16,10 @@ WORK/slice-NNNN/shards and writes WORK/slice-NNNN/DONE. A slice in which no file
 - shards renamed `{split}-NNNNNN.tar` in (split, slice, shard) order, so names stay unique;
 - one style vocabulary: the sorted union of the slices' styles, with `levels`/`level_names` recomputed;
 - style ids remapped. A slice numbers its styles within its own vocabulary, and the id is stored twice: in the
-  manifest's `piece_styles` and in each sample's json `style_id`. The loader uses `piece_styles` but also checks that
-  each sample's json agrees with it (deepj/data/loader.py refuses a shard where they differ), so remapping the manifest
-  alone is not enough: a shard whose ids change is rewritten with the new `style_id` (WebDataset's TarWriter with a
-  fixed mtime, as deepj.data.shards.SplitWriter writes it; identical bytes when nothing changes) and gets a new sha256;
-  a shard whose ids are unchanged is hard-linked (or copied);
+  piece index (pieces.npy, what the loader uses) and in each sample's json `style_id` (what a WebDataset pipeline
+  reading the tars sees). Both must agree, so a shard whose ids change is rewritten with the new `style_id`
+  (deepj.data.shards.ShardWriter, as preprocess writes shards) and gets a new sha256 and new index records (its json
+  members change length); a shard whose ids are unchanged is hard-linked (or copied) with its records;
 - totals and report.json summed over the slices (report.json also lists the slices). The manifest is written last.
 OUTPUT_DIR is taken as preprocess takes it (deepj.data.shards.OutputFolder): locked for the merge, built in a private
 folder inside it and put in place only when complete, so a merge that fails leaves an earlier output as it was.
@@ -40,9 +40,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from deepj import __version__
-from deepj.data.manifest import MANIFEST, Manifest, ShardEntry, ShardError
-from deepj.data.shards import META_KEY, NOTES_KEY, REPORT, OutputError, OutputFolder, sha256_file
+from deepj.data.manifest import INDEX, MANIFEST, PIECE_DTYPE, Manifest, PieceTable, ShardEntry, ShardError
+from deepj.data.shards import META_KEY, NOTES_KEY, REPORT, OutputError, OutputFolder, ShardWriter
 from deepj.music.styles import StyleTree
 
 DONE = "DONE"
@@ -205,22 +207,24 @@ def _check_same(slices: list[dict[str, Any]]) -> Manifest:
     return first["manifest"]
 
 
-def rewrite_style_ids(src: Path, dst: Path, mapping: list[int]) -> None:
-    """Copy shard `src` to `dst`, replacing each sample's json style_id s by mapping[s]; everything else unchanged."""
-    import webdataset as wds
+def rewrite_style_ids(src: Path, dst_dir: Path, name: str, split: str, mapping: list[int]):
+    """Copy shard `src` to dst_dir/name, replacing each sample's json style_id s by mapping[s]; everything else
+    unchanged. -> the new shard's entry and index records (its json members change length, so its offsets move)."""
     from webdataset.tariterators import group_by_keys, tar_file_expander
 
-    tmp = dst.with_name(dst.name + ".tmp")
-    with open(src, "rb") as f, open(tmp, "wb") as out:
-        writer = wds.TarWriter(out, mtime=0)  # as SplitWriter: an int, no pax headers
-        for sample in group_by_keys(tar_file_expander([{"url": str(src), "stream": f}])):
-            if NOTES_KEY not in sample or META_KEY not in sample:
-                raise ShardError(f"{src}: a sample without {NOTES_KEY} and {META_KEY}")
-            meta = json.loads(sample[META_KEY])
-            meta["style_id"] = mapping[meta["style_id"]]
-            writer.write({"__key__": sample["__key__"], NOTES_KEY: sample[NOTES_KEY], META_KEY: meta})
-        writer.close()
-    tmp.replace(dst)
+    writer = ShardWriter(dst_dir, name, split)
+    try:
+        with open(src, "rb") as f:
+            for sample in group_by_keys(tar_file_expander([{"url": str(src), "stream": f}])):
+                if NOTES_KEY not in sample or META_KEY not in sample:
+                    raise ShardError(f"{src}: a sample without {NOTES_KEY} and {META_KEY}")
+                meta = json.loads(sample[META_KEY])
+                writer.add(meta["source"], meta["style"], mapping[meta["style_id"]], sample[NOTES_KEY], meta["steps"],
+                           meta["notes"])
+        return writer.finish()
+    except BaseException:
+        writer.abort()
+        raise
 
 
 def _place(src: Path, dst: Path) -> None:
@@ -248,35 +252,42 @@ def merge(work: str | Path, out_dir: str | Path, *, remove_slices: bool = False)
     with OutputFolder(out_dir, "merge") as folder:
         staging = folder.staging
         shards: list[ShardEntry] = []
+        records: list[np.ndarray] = []
         rewritten = 0
         for split in present:
             n = 0
             for s in made:
-                mapping = [new_id[st] for st in s["manifest"].styles.styles]
-                for entry in (e for e in s["manifest"].shards if e.split == split):
+                manifest = s["manifest"]
+                mapping = [new_id[st] for st in manifest.styles.styles]
+                first = manifest.shard_first_piece()
+                for i, entry in enumerate(manifest.shards):
+                    if entry.split != split:
+                        continue
                     name = f"{split}-{n:06d}.tar"
                     n += 1
-                    src, dst = s["dir"] / "shards" / entry.name, staging / name
-                    new = dataclasses.replace(entry, name=name,
-                                              piece_styles=tuple(mapping[k] for k in entry.piece_styles))
-                    if new.piece_styles == entry.piece_styles:
-                        _place(src, dst)
+                    src = s["dir"] / "shards" / entry.name
+                    rec = manifest.pieces.records(np.arange(first[i], first[i + 1])).copy()
+                    if all(mapping[k] == k for k in np.unique(rec["style"])):
+                        _place(src, staging / name)
+                        new = dataclasses.replace(entry, name=name)
                     else:
-                        rewrite_style_ids(src, dst, mapping)
+                        new, rec = rewrite_style_ids(src, staging, name, split, mapping)
                         rewritten += 1
-                        new = dataclasses.replace(new, bytes=dst.stat().st_size, sha256=sha256_file(dst))
                     shards.append(new)
+                    records.append(rec)
 
         totals = split_totals(shards, present)
         reports = [s["report"] for s in slices if s["report"] is not None]
         totals["files_seen"] = sum(r["files_seen"] for r in reports)
         totals["files_skipped"] = sum(len(r["skipped"]) for r in reports)
         settings = dict(base.settings, input=slices[0]["done"]["input"])
+        all_records = np.concatenate(records) if records else np.zeros(0, PIECE_DTYPE)
         manifest = Manifest(dir=staging, representation=base.representation, styles=StyleTree.from_leaves(styles),
-                            shards=tuple(shards), totals=totals, settings=settings, tool=f"deepj {__version__}")
-        _write_report(staging, slices, reports, shards, styles, rewritten)
+                            shards=tuple(shards), totals=totals, settings=settings, tool=f"deepj {__version__}",
+                            pieces=PieceTable.from_records(all_records))
+        _write_report(staging, slices, reports, all_records, styles, rewritten)
         manifest.write()
-        folder.commit([e.name for e in shards] + [REPORT], folder.stale_shards({e.name for e in shards}))
+        folder.commit([e.name for e in shards] + [REPORT, INDEX], folder.stale_shards({e.name for e in shards}))
     if remove_slices:
         shutil.rmtree(work)
     return dataclasses.replace(manifest, dir=out_dir)
@@ -290,17 +301,16 @@ def _sum_dicts(dicts: list[dict[str, int]]) -> dict[str, int]:
     return dict(sorted(out.items()))
 
 
-def _write_report(out_dir: Path, slices, reports, shards: list[ShardEntry], styles: list[str], rewritten: int) -> None:
+def _write_report(out_dir: Path, slices, reports, records: np.ndarray, styles: list[str], rewritten: int) -> None:
+    """report.json of the merge: the slices' reports summed, pieces per style counted from the merged index."""
     first = next((r for r in reports if "source" in r), {})  # a full report (not a "nothing to do" slice's)
-    per_style: dict[str, int] = {}
-    for e in shards:
-        for sid in e.piece_styles:
-            per_style[styles[sid]] = per_style.get(styles[sid], 0) + 1
+    per_style = {styles[sid]: int(n) for sid, n in enumerate(np.bincount(records["style"], minlength=len(styles)))
+                 if n}
     report = {
         "source": first.get("source"),
         "root": slices[0]["done"]["input"],
         "files_seen": sum(r["files_seen"] for r in reports),
-        "pieces_written": sum(e.pieces for e in shards),
+        "pieces_written": len(records),
         "counts": _sum_dicts([r["counts"] for r in reports]),
         "skipped": sorted((x for r in reports for x in r["skipped"]), key=lambda x: x["file"]),
         "pieces_per_split": _sum_dicts([r["pieces_per_split"] for r in reports]),
@@ -334,8 +344,17 @@ def main(argv: list[str] | None = None) -> int:
     m.add_argument("work")
     m.add_argument("output_dir")
     m.add_argument("--remove-slices", action="store_true", help="delete WORK after a successful merge")
+    u = sub.add_parser("upgrade", help="give a shard folder of manifest format 1 its piece index, in place")
+    u.add_argument("shard_dir")
     args, rest = ap.parse_known_args(argv)
     try:
+        if args.cmd == "upgrade":
+            from deepj.data.upgrade import upgrade
+
+            manifest = upgrade(args.shard_dir)
+            print(f"upgraded {args.shard_dir}: {len(manifest.pieces)} pieces indexed, corpus hash {manifest.hash} "
+                  "(unchanged)")
+            return 0
         if args.cmd == "slice":
             return run_slice(args.input, Path(args.work), index=args.index, count=args.count,
                              list_file=args.list_file, preprocess_args=[a for a in rest if a != "--"])

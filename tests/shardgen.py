@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from deepj.data.manifest import Manifest, ShardEntry
+from deepj.data.manifest import Manifest, PieceTable, ShardEntry
 from deepj.data.shards import SplitWriter, sha256_file
 from deepj.music.representation import ReprConfig, merge
 from deepj.music.styles import StyleTree
@@ -38,7 +38,7 @@ def dense_piece(rng: np.random.Generator, steps: int, cfg: ReprConfig | None = N
     return merge(pitch, start, start + 1, rng.integers(1, 128, len(start)))
 
 
-def write_manifest(out_dir: Path, entries: list[ShardEntry], styles: list[str],
+def write_manifest(out_dir: Path, entries: list[ShardEntry], styles: list[str], records: np.ndarray,
                    cfg: ReprConfig | None = None) -> Manifest:
     cfg = ReprConfig() if cfg is None else cfg
     totals: dict = {"files_seen": sum(e.pieces for e in entries), "files_skipped": 0}
@@ -49,7 +49,7 @@ def write_manifest(out_dir: Path, entries: list[ShardEntry], styles: list[str],
                          "shards": len(mine)}
     manifest = Manifest(dir=Path(out_dir), representation=cfg, styles=StyleTree.from_leaves(list(styles)),
                         shards=tuple(entries), totals=totals, settings={"source": "synthetic test corpus"},
-                        tool="deepj 0.1.0 (tests/shardgen.py)")
+                        tool="deepj 0.1.0 (tests/shardgen.py)", pieces=PieceTable.from_records(records))
     manifest.write()
     return manifest
 
@@ -59,13 +59,14 @@ def write_corpus(out_dir: Path, splits: dict[str, list[tuple[int, np.ndarray]]],
     """Write each split's (style_id, notes) pieces into shards of about shard_bytes, and the manifest."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    entries = []
+    entries, records = [], []
     for split, pieces in splits.items():
         writer = SplitWriter(out_dir, split, shard_bytes)
         for i, (style_id, notes) in enumerate(pieces):
             writer.add(f"{split}/piece{i:05d}.mid", styles[style_id], style_id, notes)
         entries += writer.close()
-    return write_manifest(out_dir, entries, styles)
+        records.append(writer.all_records())
+    return write_manifest(out_dir, entries, styles, np.concatenate(records))
 
 
 def replicate(src_dir: Path, out_dir: Path, times: int, split: str = "train") -> Manifest:
@@ -78,4 +79,6 @@ def replicate(src_dir: Path, out_dir: Path, times: int, split: str = "train") ->
         name = f"{split}-{len(entries):06d}.tar"
         shutil.copyfile(Path(src_dir) / entry.name, out_dir / name)
         entries.append(dataclasses.replace(entry, name=name, sha256=sha256_file(out_dir / name)))
-    return write_manifest(out_dir, entries, list(src.styles.styles), src.representation)
+    lo, hi = src.split_range(split)
+    records = np.tile(src.pieces.records(np.arange(lo, hi)), times)
+    return write_manifest(out_dir, entries, list(src.styles.styles), records, src.representation)

@@ -46,14 +46,24 @@ def corpus(tmp_path_factory):
     return d, {"train": train, "val": val}, manifest
 
 
+POOL_MB = 0.02  # ~20 kB of decoded notes: pools of a few pieces, so that an epoch has several
+
+
 def cfg_for(d, **kw) -> DataConfig:
-    return DataConfig(**{"dir": str(d), "seq_len": SEQ, "stride": STRIDE, "shuffle_block": 3, "workers": 0, **kw})
+    return DataConfig(**{"dir": str(d), "seq_len": SEQ, "stride": STRIDE, "shuffle_mb": POOL_MB, "workers": 0, **kw})
 
 
 def catalogue(manifest, split="train") -> list[tuple[int, int]]:
     """(piece, start) of every window id, recomputed here from the manifest alone."""
-    steps = [t for s in manifest.split(split) for t in s.piece_steps]
+    steps = manifest.piece_steps(split).tolist()
     return [(i, k * STRIDE) for i, t in enumerate(steps) for k in range(max(1, (t - SEQ) // STRIDE + 1))]
+
+
+def shard_steps(manifest, split="train") -> list[list[int]]:
+    """Steps of each piece, shard by shard."""
+    first, lo = manifest.shard_first_piece(), manifest.split_range(split)[0]
+    steps = manifest.piece_steps(split).tolist()
+    return [steps[first[i] - lo : first[i + 1] - lo] for i, s in enumerate(manifest.shards) if s.split == split]
 
 
 def take(loader, n):
@@ -95,7 +105,7 @@ def deadline(seconds: float):
 # -- docs/design.md, distributed pitfall 1: equal batches per rank -----------------------------------------------------
 def test_ranks_get_equal_batches_over_uneven_shards(corpus):
     d, _, manifest = corpus
-    shard_windows = [sum(max(1, (t - SEQ) // STRIDE + 1) for t in s.piece_steps) for s in manifest.split("train")]
+    shard_windows = [sum(max(1, (t - SEQ) // STRIDE + 1) for t in steps) for steps in shard_steps(manifest)]
     assert max(shard_windows) >= 50 * min(shard_windows)  # very different shard sizes
     total = len(catalogue(manifest))
     loaders = [StreamingLoader(cfg_for(d), micro_batch=4, global_batch=24, rank=r, world_size=3) for r in range(3)]
@@ -150,7 +160,7 @@ def test_epoch_covers_every_window_once(corpus, world, micro):
 def test_order_independent_of_world_size_and_changes_with_seed(corpus):
     d, _, _ = corpus
     a = StreamingLoader(cfg_for(d), micro_batch=2, global_batch=12, world_size=3, rank=2, seed=7).order(3)
-    b = StreamingLoader(cfg_for(d, shuffle_block=3), micro_batch=12, global_batch=12, seed=7).order(3)
+    b = StreamingLoader(cfg_for(d, workers=1), micro_batch=12, global_batch=12, seed=7).order(3)
     c = StreamingLoader(cfg_for(d), micro_batch=12, global_batch=12, seed=8).order(3)
     assert np.array_equal(a, b) and not np.array_equal(a, c)
     assert sorted(a.tolist()) == list(range(len(a)))
@@ -333,9 +343,11 @@ def test_validation_batches_are_fixed_and_spread(corpus):
     assert len(cycled) == 80 and set(cycled) == set(cat)
 
 
-# -- memory does not grow with the corpus --------------------------------------------------------------------------
+# -- memory bounded by data.cache_mb, reading proportional to use ---------------------------------------------------
 @pytest.mark.slow
-def test_worker_memory_does_not_grow_with_corpus(tmp_path):
+def test_worker_memory_is_bounded_by_the_cache_not_the_corpus(tmp_path):
+    """A worker with a 16 MB cache streams a corpus whose decoded notes are ~25 and ~250 times that: its peak (USS)
+    does not grow with the corpus, and each piece is read about once an epoch."""
     rng = np.random.default_rng(3)
     base = tmp_path / "x1"
     write_corpus(base, {"train": [(0, dense_piece(rng, 2000)) for _ in range(20)]}, shard_bytes=300_000)
@@ -343,8 +355,9 @@ def test_worker_memory_does_not_grow_with_corpus(tmp_path):
     manifest10 = replicate(base, big, 10)
     peaks, decoded = [], []
     for d in (base, big):
-        decoded.append(sum(s.notes for s in Manifest.load(d).shards) * 10)  # bytes of NOTE_DTYPE rows if held
-        ld = StreamingLoader(DataConfig(dir=str(d), seq_len=16, stride=512, shuffle_block=1, workers=1),
+        manifest = Manifest.load(d)
+        decoded.append(sum(s.notes for s in manifest.shards) * 19)  # bytes if every piece were held decoded
+        ld = StreamingLoader(DataConfig(dir=str(d), seq_len=16, stride=512, shuffle_mb=4, cache_mb=16, workers=1),
                              micro_batch=4, global_batch=4)
         peak = 0
         with deadline(240):
@@ -352,36 +365,74 @@ def test_worker_memory_does_not_grow_with_corpus(tmp_path):
                 for child in psutil.Process().children():
                     peak = max(peak, child.memory_full_info().uss)
         peaks.append(peak)
+        piece_bytes = int(manifest.pieces.all_records()["length"].sum())
+        # Pools of 4 MB in a 16 MB cache: no piece is read twice in the epoch; windows of every piece are cut.
+        assert ld.bytes_read == piece_bytes, (ld.bytes_read, piece_bytes)
     assert len(manifest10.shards) >= 30
     print("worker peak USS MB (1x, 10x):", [p / 1e6 for p in peaks], "decoded MB:", [x / 1e6 for x in decoded])
-    assert decoded[1] - decoded[0] > 150e6  # a loader holding the decoded corpus would grow by this much
-    assert peaks[1] - peaks[0] < 40e6, [p / 1e6 for p in peaks]
+    assert decoded[1] > 200 * 2**20 and decoded[0] > 16 * 2**20  # both far beyond the cache
+    assert peaks[1] - peaks[0] < 16e6, [p / 1e6 for p in peaks]
+
+
+def test_first_batch_reads_only_the_pieces_of_its_windows(tmp_path):
+    """One shard of 200 pieces (one pool, one block in the old loader): the first micro-batch reads at most its own 4
+    pieces, not the shard; an epoch reads each piece once, two ranks together at most twice."""
+    rng = np.random.default_rng(4)
+    manifest = write_corpus(tmp_path, {"train": [(i % 3, random_piece(rng, 400)) for i in range(200)]},
+                            shard_bytes=1 << 30)
+    assert len(manifest.shards) == 1
+    lengths = manifest.pieces.all_records()["length"]
+    ld = StreamingLoader(cfg_for(tmp_path, shuffle_mb=64), micro_batch=4, global_batch=8, world_size=2)
+    first = next(iter(ld))
+    assert 0 < ld.bytes_read <= np.sort(lengths)[-4:].sum()
+    assert ld.bytes_read == lengths[np.unique(first["window"][:, 0].numpy())].sum()
+    ranks = [StreamingLoader(cfg_for(tmp_path, shuffle_mb=64), micro_batch=4, global_batch=8, rank=r, world_size=2)
+             for r in range(2)]
+    for r in ranks:
+        for _ in r:
+            pass
+    assert all(r.bytes_read <= lengths.sum() for r in ranks)
+    assert sum(r.bytes_read for r in ranks) > lengths.sum()  # most pieces have windows on both ranks
 
 
 # -- bad shards ------------------------------------------------------------------------------------------------------
-def damaged_copy(corpus_dir: Path, out: Path, how: str) -> str:
+def damaged_copy(corpus_dir: Path, out: Path, how: str) -> tuple[str, set[int]]:
+    """A copy of the corpus with train-000002.tar damaged -> (its name, the split's pieces the damage makes bad).
+
+    Pieces are verified one by one (their crc32 in the piece index), so damage counts where a piece's bytes lie:
+    "corrupt" overwrites the bytes of the shard's middle piece, "blob" flips one bit in its first piece's notes;
+    "truncated" and "missing" make every piece of the shard bad. (Damage to tar headers only, which the loader never
+    reads, goes unnoticed by it and changes no window.)"""
     shutil.copytree(corpus_dir, out)
     name = "train-000002.tar"
     path = out / name
+    manifest = Manifest.load(out)
+    k = [s.name for s in manifest.shards].index(name)
+    first = manifest.shard_first_piece()
+    rec = manifest.pieces.records(np.arange(first[k], first[k + 1]))
+    everything = set(range(int(first[k]), int(first[k + 1])))  # the train split's pieces come first
     data = bytearray(path.read_bytes())
     if how == "truncated":
         path.write_bytes(bytes(data[: len(data) // 2]))
-    elif how == "corrupt":
-        mid = len(data) // 2
-        data[mid : mid + 300] = np.random.default_rng(0).integers(0, 256, 300, dtype=np.uint8).tobytes()
+        return name, everything
+    if how == "corrupt":
+        mid = len(rec) // 2
+        a, n = int(rec["offset"][mid]), int(rec["length"][mid])
+        data[a : a + n] = np.random.default_rng(0).integers(0, 256, n, dtype=np.uint8).tobytes()
         path.write_bytes(bytes(data))
-    elif how == "blob":  # one flipped bit inside a piece's compressed notes: the tar itself still parses
+        return name, {int(first[k]) + mid}
+    if how == "blob":  # one flipped bit inside a piece's compressed notes: the tar itself still parses
         data[data.index(b"DJN1") + 7] ^= 0x10
         path.write_bytes(bytes(data))
-    else:
-        path.unlink()
-    return name
+        return name, {int(first[k])}
+    path.unlink()
+    return name, everything
 
 
 @pytest.mark.parametrize("how", ["truncated", "missing"])
 def test_truncated_or_missing_shard_is_named_at_start(corpus, tmp_path, how):
     d, _, _ = corpus
-    name = damaged_copy(d, tmp_path / "c", how)
+    name, _ = damaged_copy(d, tmp_path / "c", how)
     with pytest.raises(ShardError, match=name):
         StreamingLoader(cfg_for(tmp_path / "c"), micro_batch=4, global_batch=4)
 
@@ -390,24 +441,21 @@ def test_truncated_or_missing_shard_is_named_at_start(corpus, tmp_path, how):
                                          pytest.param("corrupt", 2, marks=pytest.mark.slow)])
 def test_corrupt_shard_raises_naming_it(corpus, tmp_path, how, workers):
     d, _, _ = corpus
-    name = damaged_copy(d, tmp_path / "c", how)
+    name, _ = damaged_copy(d, tmp_path / "c", how)
     ld = StreamingLoader(cfg_for(tmp_path / "c", workers=workers), micro_batch=4, global_batch=8)
-    with deadline(60), pytest.raises(ShardError, match=name):
+    with deadline(60), pytest.raises(ShardError, match=rf"{name}: piece \d+ .*crc32 differs"):
         for _ in ld:
             pass
 
 
-@pytest.mark.parametrize("how, block, workers", [("corrupt", 3, 0), ("truncated", 1, 0), ("blob", 3, 0),
-                                                 pytest.param("corrupt", 1, 2, marks=pytest.mark.slow)])
-def test_skip_mode_finishes_the_epoch(corpus, tmp_path, how, block, workers):
-    d, _, manifest = corpus
-    name = damaged_copy(d, tmp_path / "c", how)
-    entries = manifest.split("train")
-    k = [s.name for s in entries].index(name)
-    bad_pieces = set(range(sum(s.pieces for s in entries[:k]), sum(s.pieces for s in entries[: k + 1])))
+@pytest.mark.parametrize("how, pool, workers", [("corrupt", POOL_MB, 0), ("truncated", 1, 0), ("blob", POOL_MB, 0),
+                                                pytest.param("corrupt", 1, 2, marks=pytest.mark.slow)])
+def test_skip_mode_finishes_the_epoch(corpus, tmp_path, how, pool, workers):
+    d, _, _ = corpus
+    name, bad_pieces = damaged_copy(d, tmp_path / "c", how)
     runs = []
     for w in sorted({0, workers}):
-        ld = StreamingLoader(cfg_for(tmp_path / "c", on_error="skip", shuffle_block=block, workers=w),
+        ld = StreamingLoader(cfg_for(tmp_path / "c", on_error="skip", shuffle_mb=pool, workers=w),
                              micro_batch=4, global_batch=8)
         expected = ld.steps_per_epoch() * ld.accumulation
         with deadline(60), warnings.catch_warnings(record=True) as caught:

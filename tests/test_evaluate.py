@@ -129,11 +129,12 @@ def split_rolls(shards: Path, split: str) -> list[np.ndarray]:
     """Every piece of a split as a full (T, N, 3) roll, read straight from the tars, in manifest order."""
     manifest = Manifest.load(shards)
     rolls = []
+    blobs = []
     for entry in manifest.split(split):
         with tarfile.open(shards / entry.name) as tar:
-            blobs = [tar.extractfile(m).read() for m in tar.getmembers() if m.name.endswith("." + NOTES_KEY)]
-        for blob, steps in zip(blobs, entry.piece_steps):
-            rolls.append(notes_to_roll(decode_notes(blob), manifest.representation, 0, steps))
+            blobs += [tar.extractfile(m).read() for m in tar.getmembers() if m.name.endswith("." + NOTES_KEY)]
+    for blob, steps in zip(blobs, manifest.piece_steps(split).tolist(), strict=True):
+        rolls.append(notes_to_roll(decode_notes(blob), manifest.representation, 0, steps))
     return rolls
 
 

@@ -7,6 +7,7 @@ subprocess with a timeout and an address-space limit.
 from __future__ import annotations
 
 import errno
+import hashlib
 import json
 import os
 import resource
@@ -352,17 +353,14 @@ BAD_MANIFESTS = {  # name -> (edit, words the message must hold besides the file
     "min_pitch a string": (_set(["representation", "min_pitch"], "36"), "representation.min_pitch is the string"),
     "shards an object": (_set(["shards"], {}), "shards is an object of 0 keys"),
     "entry a string": (_set(["shards", 0], "train-000000.tar"), "shards[0] is the string"),
-    "entry lacks piece_steps": (_set(["shards", 0, "piece_steps"], KeyError), "shards[0] ('train-000000.tar') "
-                                "lacks piece_steps"),
-    "piece_steps 1e12": (_set(["shards", 0, "piece_steps", 0], 10**12),
-                         "shards[0].piece_steps[0] is 1000000000000, outside [0, 16777216]"),
-    "piece_steps negative": (_set(["shards", 0, "piece_steps", 0], -1), "shards[0].piece_steps[0] is -1"),
-    "piece_steps a float": (_set(["shards", 0, "piece_steps", 0], 64.0), "shards[0].piece_steps[0] is the number"),
-    "piece_steps a string": (_set(["shards", 0, "piece_steps"], "64"), "shards[0].piece_steps is the string"),
+    "entry lacks steps": (_set(["shards", 0, "steps"], KeyError), "shards[0] ('train-000000.tar') lacks steps"),
     "pieces a boolean": (_set(["shards", 0, "pieces"], True), "shards[0].pieces is the boolean true"),
-    "steps disagree": (_set(["shards", 0, "steps"], 1), "shards[0].steps is 1, its piece_steps sum to"),
-    "style slot out of range": (_set(["shards", 0, "piece_styles", 0], 2), "shards[0].piece_styles[0] is 2, "
-                                "outside [0, 1]"),
+    "steps disagree": (lambda raw: (_set(["shards", 0, "steps"], 1)(raw), _set(["totals", "train", "steps"], 1)(raw)),
+                       "the records of train-000000.tar hold"),
+    "index missing": (_set(["index"], KeyError), "index is null, a JSON object naming the piece index"),
+    "index elsewhere": (_set(["index", "file"], "../pieces.npy"), "index.file '../pieces.npy' is not a file name"),
+    "index of another size": (_set(["index", "bytes"], 5), "bytes, manifest.json says 5 (truncated or replaced"),
+    "index checksum": (_set(["index", "sha256"], "0" * 64), "differs from manifest.json's 000000000000... (corrupt"),
     "name leaves the folder": (_set(["shards", 0, "name"], "../../etc/passwd"), "is not a file name beside"),
     "unknown split": (_set(["shards", 0, "split"], "holdout"), "shards[0].split 'holdout' is none of"),
     "sha256 a number": (_set(["shards", 0, "sha256"], 5), "shards[0].sha256 is the integer 5"),
@@ -384,9 +382,34 @@ def test_a_malformed_manifest_is_refused_naming_file_and_key(good_shards, tmp_pa
     raw = json.loads((good_shards / "manifest.json").read_text())
     edit(raw)
     (tmp_path / "manifest.json").write_text(json.dumps(raw))
+    shutil.copy(good_shards / "pieces.npy", tmp_path)
     with pytest.raises(ShardError) as err:
         Manifest.load(tmp_path)
-    assert str(tmp_path / "manifest.json") in str(err.value) and words in str(err.value), str(err.value)
+    assert str(tmp_path) in str(err.value) and words in str(err.value), str(err.value)
+
+
+BAD_RECORDS = {  # field of record 0 -> (value, words of the message)
+    "steps": (10**9, "record 0 (train-000000.tar) has steps 1000000000 (at most 16777216)"),
+    "style": (7, "style 7 (of 2)"),
+    "offset": (10**9, "bytes [1000000000, "),
+}
+
+
+@pytest.mark.parametrize("field", sorted(BAD_RECORDS))
+def test_a_piece_index_out_of_range_is_refused_naming_the_record(good_shards, tmp_path, field):
+    """A record that the manifest's sha256 vouches for but that is out of range (a writer bug or a hand-made index):
+    refused at load, naming the record and its shard, before any loader sizes an array from it."""
+    value, words = BAD_RECORDS[field]
+    rec = np.load(good_shards / "pieces.npy").copy()
+    rec[field][0] = value
+    np.save(tmp_path / "pieces.npy", rec)
+    raw = json.loads((good_shards / "manifest.json").read_text())
+    data = (tmp_path / "pieces.npy").read_bytes()
+    raw["index"].update(bytes=len(data), sha256=hashlib.sha256(data).hexdigest())
+    (tmp_path / "manifest.json").write_text(json.dumps(raw))
+    with pytest.raises(ShardError) as err:
+        Manifest.load(tmp_path)
+    assert str(tmp_path / "pieces.npy") in str(err.value) and words in str(err.value), str(err.value)
 
 
 def test_a_duplicated_shard_entry_is_refused(good_shards, tmp_path):

@@ -4,6 +4,7 @@ process or torchrun), gloo, CPU."""
 
 from __future__ import annotations
 
+import dataclasses
 import fcntl
 import json
 import os
@@ -15,11 +16,14 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import psutil
 import pytest
 import torch
 from conftest import REPO, run_cli
 from test_train import free_port, read_tb, torchrun
+
+from deepj.data.manifest import Manifest, PieceTable
 
 # A debug run without samples (speed), validation off unless a test turns it on.
 BASE = ("--config", "configs/debug.toml", "log.sample_every=0", "train.val_every=0")
@@ -407,37 +411,36 @@ def shards_copy(tiny_shards: Path, dest: Path) -> Path:
     return dest
 
 
-def edit_manifest(shards: Path, edit) -> None:
-    path = shards / "manifest.json"
-    manifest = json.loads(path.read_text())
-    edit(manifest)
-    path.write_text(json.dumps(manifest))
+def without_val_pieces(shards: Path, keep_entries: bool) -> None:
+    """Rewrite the folder's manifest (and piece index) without the val split's pieces: its shard entries dropped, or
+    kept with no pieces."""
+    m = Manifest.load(shards)
+    lo, hi = m.split_range("val")
+    rec = np.delete(m.pieces.all_records(), np.s_[lo:hi])
+    entries = [e if e.split != "val" else dataclasses.replace(e, pieces=0, steps=0, notes=0) for e in m.shards
+               if keep_entries or e.split != "val"]
+    totals = {k: v for k, v in m.totals.items() if k != "val"}
+    if keep_entries:
+        totals["val"] = {**m.totals["val"], "pieces": 0, "steps": 0, "notes": 0}
+    dataclasses.replace(m, shards=tuple(entries), totals=totals, pieces=PieceTable.from_records(rec)).write()
 
 
 def flip_in_blob(path: Path) -> None:
-    """One flipped bit inside the first piece's compressed notes: same size, the tar still parses, the sha256 fails."""
+    """One flipped bit inside every piece's compressed notes: same size, the tar still parses, each piece's crc32
+    fails."""
     data = bytearray(path.read_bytes())
-    data[data.index(b"DJN1") + 7] ^= 0x10
+    at = data.find(b"DJN1")
+    while at >= 0:
+        data[at + 7] ^= 0x10
+        at = data.find(b"DJN1", at + 8)
     path.write_bytes(bytes(data))
 
 
 def test_absent_or_empty_val_split_skips_validation_with_a_warning(tiny_shards, tmp_path):
     absent = shards_copy(tiny_shards, tmp_path / "absent")
-
-    def no_split(m):
-        m["shards"] = [s for s in m["shards"] if s["split"] != "val"]
-        m["totals"].pop("val", None)
-
-    edit_manifest(absent, no_split)
+    without_val_pieces(absent, keep_entries=False)
     empty = shards_copy(tiny_shards, tmp_path / "empty")
-
-    def no_pieces(m):
-        for s in m["shards"]:
-            if s["split"] == "val":
-                s.update(pieces=0, steps=0, notes=0, piece_steps=[], piece_styles=[])
-        m["totals"]["val"].update(pieces=0, steps=0, notes=0)
-
-    edit_manifest(empty, no_pieces)
+    without_val_pieces(empty, keep_entries=True)
     for shards, what in ((absent, "is absent"), (empty, "has no pieces")):
         res = train(shards, tmp_path / f"run-{shards.name}", "train.max_steps=2", "train.val_every=1")
         assert res.returncode == 0, output(res)[-3000:]
@@ -460,14 +463,14 @@ def test_missing_val_shard_is_refused_at_start_or_skipped(tiny_shards, tmp_path)
 
 @pytest.mark.parametrize("shard, workers", [("train-000000.tar", 0), ("train-000000.tar", 1), ("val-000000.tar", 0)])
 def test_corrupt_shard_found_mid_run_exits_2_with_the_loaders_message(tiny_shards, tmp_path, shard, workers):
-    """The size is right (the start check passes it); the sha256 fails when the block is read: in the first step
+    """The size is right (the start check passes it); every piece's crc32 fails when it is read: in the first step
     (train) or the first validation (val). Exit 2 and the loader's sentence, no traceback; nothing saved after."""
     shards = shards_copy(tiny_shards, tmp_path / "shards")
     flip_in_blob(shards / shard)
     run = tmp_path / "run"
     res = train(shards, run, "train.max_steps=4", "train.val_every=2", "checkpoint.every=1", f"data.workers={workers}")
     assert res.returncode == 2, output(res)[-3000:]
-    assert f"data error: {shards / shard}: sha256" in res.stdout and "corrupt shard" in res.stdout, res.stdout[-2000:]
+    assert f"data error: {shards / shard}: piece " in res.stdout and "crc32 differs" in res.stdout, res.stdout[-2000:]
     assert "Traceback" not in res.stderr and "Original Traceback" not in res.stdout
 
 

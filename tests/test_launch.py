@@ -107,7 +107,7 @@ def test_plan_debug_matches_independent_numbers(tiny_shards, tmp_path, capsys):
     # steps per epoch: the loader's own count, and the windowing formula over the manifest's piece lengths
     loader = StreamingLoader(cfg.data, "train", micro_batch=4, global_batch=8)
     assert plan["data"]["steps_per_epoch"] == loader.steps_per_epoch()
-    steps = [t for s in manifest.split("train") for t in s.piece_steps]
+    steps = manifest.piece_steps("train").tolist()
     assert plan["data"]["train"]["windows"] == sum(max(1, (t - 32) // 16 + 1) for t in steps) == loader.total_windows
     assert plan["config"]["accumulation"] == 2
     # static memory: fp32 DDP on one rank = weights + grads + two Adam moments, exactly

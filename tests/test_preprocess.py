@@ -10,13 +10,16 @@ import shutil
 import subprocess
 import sys
 import tarfile
+import zlib
 from pathlib import Path
 
+import numpy as np
 import pytest
 from midi_files import bad_files
 from test_corpus import MAESTRO_CSV, write_piece
 
-from deepj.data.manifest import Manifest
+from deepj import preprocess_merge
+from deepj.data.manifest import Manifest, ShardError
 from deepj.data.shards import decode_notes, piece_key
 from deepj.music.midi_io import read_midi
 from deepj.music.representation import ReprConfig
@@ -80,7 +83,8 @@ def test_folder_to_shards(tmp_path, capsys):
     assert raw["level_names"] == [["baroque", "classical"], ["bach", "handel", "mozart"]]
     assert raw["representation"] == {"min_pitch": 36, "max_pitch": 84, "steps_per_beat": 4,
                                      "grid": "beat-relative 16th notes"}
-    assert raw["tool"] == "deepj 0.1.0" and raw["format_version"] == 1
+    assert raw["tool"] == "deepj 0.1.0" and raw["format_version"] == 2
+    assert raw["index"]["file"] == "pieces.npy" and raw["index"]["bytes"] == (out / "pieces.npy").stat().st_size
     assert m.to_json() == raw
 
     expected_split = {s: ("val" if split_hash(s, 3) < 0.3 else "train") for s in sources}
@@ -117,6 +121,20 @@ def test_small_shards_and_style_levels(tmp_path):
     assert names == sorted(names, key=lambda n: (n.split("-")[0] != "train", n))
     assert sorted(p.name for p in out.glob("*.tar")) == sorted(names)
     assert m.totals["val"]["pieces"] == 1  # the fraction rounds to no piece, but val is never left empty
+    # shards written in parallel are the same bytes as one process's, index and manifest too
+    assert main([str(src), str(tmp_path / "two"), "--shard-size-mb", "0.002", "--val-fraction", "0.01",
+                 "--workers", "2"]) == 0
+    assert sha_all(tmp_path / "two") == sha_all(out) and len(sha_all(out)) >= 5
+    # the index says where each piece's notes lie in its shard, and their crc32
+    first = m.shard_first_piece()
+    for i, entry in enumerate(m.shards):
+        with tarfile.open(out / entry.name) as tar:
+            members = [x for x in tar.getmembers() if x.name.endswith(".notes.bin")]
+            blobs = [tar.extractfile(x).read() for x in members]
+        rec = m.pieces.records(np.arange(first[i], first[i + 1]))
+        assert rec["offset"].tolist() == [x.offset_data for x in members]
+        assert rec["crc32"].tolist() == [zlib.crc32(b) for b in blobs]
+        assert rec["notes"].tolist() == [len(decode_notes(b)) for b in blobs]
     tree = StyleTree.from_leaves(["a/x/1", "a/y", "b/x"])
     assert tree.levels == {"1": [0], "a": [0, 1], "a/x": [0], "a/x/1": [0], "a/y": [1], "b": [2], "b/x": [2],
                            "x": [0, 2], "y": [1]}
@@ -312,3 +330,30 @@ def test_cli_as_a_user_runs_it(tmp_path):
     bad = subprocess.run([sys.executable, "-m", "deepj.preprocess", str(tmp_path / "nope"), str(out)],
                          capture_output=True, text=True, env=env, timeout=120)
     assert bad.returncode == 2 and "does not exist" in bad.stderr
+
+
+def test_a_format_1_folder_is_refused_then_upgraded_in_place(tmp_path):
+    """A shard folder written before the piece index (format 1: per-piece lists in manifest.json) is refused with the
+    command that upgrades it; the upgrade leaves the shards untouched and gives the same manifest and corpus hash as
+    preprocessing again would."""
+    src, out = tmp_path / "midi", tmp_path / "shards"
+    make_tree(src, n_per_style=4)
+    assert run(src, out, "--shard-size-mb", "0.002") == 0
+    new = Manifest.load(out)
+    raw = json.loads((out / "manifest.json").read_text())
+    first = new.shard_first_piece()
+    for i, entry in enumerate(raw["shards"]):  # the format-1 layout
+        rec = new.pieces.records(np.arange(first[i], first[i + 1]))
+        entry.update(piece_steps=rec["steps"].tolist(), piece_styles=rec["style"].tolist())
+    del raw["index"]
+    raw["format_version"] = 1
+    (out / "manifest.json").write_text(json.dumps(raw))
+    (out / "pieces.npy").unlink()
+    shards = {k: v for k, v in sha_all(out).items() if k.endswith(".tar")}
+    with pytest.raises(ShardError, match=f"format_version 1, this deepj reads 2.*preprocess_merge upgrade {out}"):
+        Manifest.load(out)
+    assert preprocess_merge.main(["upgrade", str(out)]) == 0
+    upgraded = Manifest.load(out)
+    assert upgraded == new and upgraded.hash == new.hash
+    assert {k: v for k, v in sha_all(out).items() if k.endswith(".tar")} == shards
+    assert preprocess_merge.main(["upgrade", str(out)]) == 2  # format 2 already: refused, nothing changed

@@ -39,12 +39,13 @@ def samples(shard_dir: Path) -> list[dict]:
     """Every sample's json, with the manifest's view of it: (shard, position, piece_styles entry, split)."""
     m = Manifest.load(shard_dir)
     out = []
-    for entry in m.shards:
+    first = m.shard_first_piece()
+    for i, entry in enumerate(m.shards):
         with tarfile.open(shard_dir / entry.name) as tar:
             metas = [json.loads(tar.extractfile(x).read()) for x in tar.getmembers() if x.name.endswith(".json")]
         assert len(metas) == entry.pieces
         for k, meta in enumerate(metas):
-            out.append({**meta, "split": entry.split, "manifest_style": entry.piece_styles[k],
+            out.append({**meta, "split": entry.split, "manifest_style": int(m.pieces.styles[first[i] + k]),
                         "style_name": m.styles.styles[meta["style_id"]]})
     return out
 
@@ -110,10 +111,11 @@ def test_identity_rewrite_reproduces_the_shard_bytes(corpus, tmp_path):
     _, whole = corpus
     src = whole / "train-000000.tar"
     n = Manifest.load(whole).styles.num_styles
-    rewrite_style_ids(src, tmp_path / "same.tar", list(range(n)))
-    assert sha256_file(tmp_path / "same.tar") == sha256_file(src)
-    rewrite_style_ids(src, tmp_path / "shifted.tar", [k + 1 for k in range(n)])
-    assert sha256_file(tmp_path / "shifted.tar") != sha256_file(src)
+    same, rec = rewrite_style_ids(src, tmp_path, "same.tar", "train", list(range(n)))
+    assert same.sha256 == sha256_file(src) == sha256_file(tmp_path / "same.tar")
+    assert np.array_equal(rec, Manifest.load(whole).pieces.records(np.arange(same.pieces)))
+    shifted, rec = rewrite_style_ids(src, tmp_path, "shifted.tar", "train", [k + 1 for k in range(n)])
+    assert shifted.sha256 != same.sha256 and (rec["style"] >= 1).all()
 
 
 def test_merge_refuses_unfinished_or_mismatched_slices(corpus, tmp_path):

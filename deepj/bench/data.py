@@ -201,28 +201,39 @@ def measure_sizes(shard_dir: Path) -> dict[str, Any]:
     manifest = Manifest.load(shard_dir)
     n = manifest.representation.num_notes
     shard_bytes = sum((shard_dir / s.name).stat().st_size for s in manifest.shards)
-    steps = sum(t for s in manifest.shards for t in s.piece_steps)
+    steps = int(manifest.pieces.steps.sum(dtype="int64"))
     dense = steps * n * NUM_CHANNELS * ROLL_ITEM_BYTES  # (T, N, 3) float32 per piece, summed
     return {"shard_bytes": shard_bytes, "dense_bytes": dense, "compression_ratio": dense / shard_bytes,
             "pieces": sum(s.pieces for s in manifest.shards), "steps": steps,
             "notes": sum(s.notes for s in manifest.shards), "shards": len(manifest.shards)}
 
 
-def replicate_shards(src: Path, dst: Path, times: int, split: str = "train") -> Path:
-    """A shard folder holding `times` copies of src's `split` shards under new names, with a manifest listing them."""
-    from deepj.data.manifest import Manifest
+def replicate_shards(src: Path, dst: Path, times: int, split: str = "train", link: bool = False) -> Path:
+    """A shard folder holding `times` copies of src's `split` shards under new names, with a manifest (and piece
+    index) listing them. `link`: hard links instead of copies (same bytes, no disk; the page cache then holds one
+    copy, which flatters reading speed but not memory)."""
+    import numpy as np
+
+    from deepj.data.manifest import Manifest, PieceTable
 
     manifest = Manifest.load(src)
     dst.mkdir(parents=True, exist_ok=True)
     entries = []
     for entry in manifest.split(split) * times:
         name = f"{split}-{len(entries):06d}.tar"
-        shutil.copyfile(src / entry.name, dst / name)  # same bytes, so the same sha256
+        (dst / name).unlink(missing_ok=True)
+        if link:
+            os.link(src / entry.name, dst / name)
+        else:
+            shutil.copyfile(src / entry.name, dst / name)  # same bytes, so the same sha256
         entries.append(dataclasses.replace(entry, name=name))
+    lo, hi = manifest.split_range(split)
+    records = np.tile(manifest.pieces.records(np.arange(lo, hi)), times)
     totals = {split: {"pieces": sum(e.pieces for e in entries), "steps": sum(e.steps for e in entries),
                       "notes": sum(e.notes for e in entries), "bytes": sum(e.bytes for e in entries),
                       "shards": len(entries)}}
-    dataclasses.replace(manifest, dir=dst, shards=tuple(entries), totals=totals).write()
+    dataclasses.replace(manifest, dir=dst, shards=tuple(entries), totals=totals,
+                        pieces=PieceTable.from_records(records)).write()
     return dst
 
 

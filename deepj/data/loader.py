@@ -4,21 +4,23 @@ The corpus is never held. From the manifest alone the loader knows every window 
 gives `max(1, (T_i - seq_len) // stride + 1)` windows starting every `stride` steps (a piece shorter than `seq_len`
 gives one window padded with silence); window ids number them piece after piece in manifest order.
 
-An epoch's global order is a function of (seed, epoch) only, never of rank, world size or workers: the split's shards
-are permuted with `default_rng([seed, epoch])`, grouped into blocks of `shuffle_block` shards, and the order is block
-after block, each block a permutation (`default_rng([seed, epoch, block])`) of all its windows. Optimizer step b takes
-global positions `consumed0 + [b*G, (b+1)*G)`; rank r's micro-batch m of it takes `... + r*A*B + m*B + [0, B)`
-(G = global batch, A = accumulation, B = micro-batch). The tail of fewer than G windows is dropped; it is the tail of a
-permutation that changes every epoch, so no window is systematically skipped. Every rank therefore gets exactly
-`steps * A` micro-batches whatever the shard sizes, and a state saved at one world size (or micro-batch) continues at
-another from `consumed`, with no window repeated or dropped.
+An epoch's global order is a function of (seed, epoch) only, never of rank, world size or workers: the split's pieces
+are permuted with `default_rng([seed, epoch])` and cut into pools of about `shuffle_mb` of decoded notes, and the order
+is pool after pool, each pool a permutation (`default_rng([seed, epoch, pool])`) of all its windows. Optimizer step b
+takes global positions `consumed0 + [b*G, (b+1)*G)`; rank r's micro-batch m of it takes `... + r*A*B + m*B + [0, B)` (G
+= global batch, A = accumulation, B = micro-batch). The tail of fewer than G windows is dropped; it is the tail of a
+permutation that changes every epoch, so no window is systematically skipped. Every rank therefore gets exactly `steps *
+A` micro-batches whatever the shard sizes, and a state saved at one world size (or micro-batch) continues at another
+from `consumed`, with no window repeated or dropped.
 
-The window machinery (the catalogue, the order, reading shards and cutting windows) lives in deepj/data/windows.py;
-this module is the loader a training run holds: its config, its batches and its state.
+The window machinery (the catalogue, the order, reading pieces and cutting windows) lives in deepj/data/windows.py,
+whose docstring says why it reads pieces by their byte ranges and how its memory is bounded by `cache_mb`; this module
+is the loader a training run holds: its config, its batches and its state.
 """
 
 from __future__ import annotations
 
+import math
 import signal
 import warnings
 from collections.abc import Iterator
@@ -34,7 +36,7 @@ from deepj.data.manifest import Manifest, ShardError
 from deepj.data.windows import Catalogue, MicroBatches, Order, TrainPlan, ValPlan
 from deepj.music.representation import ReprConfig
 
-STATE_VERSION = 1
+STATE_VERSION = 2  # 1: blocks of whole shards shuffled together (deepj before the piece index)
 
 
 @dataclass
@@ -43,7 +45,10 @@ class DataConfig:
     seq_len: int = 128  # steps per training window (8 bars)
     stride: int = 16  # windows start every `stride` steps within a piece (the paper's code: 16)
     transpose: int = 6  # max random transposition in semitones either way, kept within the pitch range; 0 = off
-    shuffle_block: int = 8  # shards shuffled together; a worker holds at most ~2 blocks of decoded notes
+    # Decoded notes (MB) of the pool of pieces whose windows are shuffled together; the larger, the closer a batch
+    # is to a uniform draw. The order depends on it (as on the seed).
+    shuffle_mb: float = 128.0
+    cache_mb: float = 256.0  # decoded pieces each loader process keeps (its memory bound); at least shuffle_mb
     workers: int = 1  # DataLoader worker processes per rank (0 = in the main process)
     on_error: Literal["raise", "skip"] = "raise"  # a bad shard: raise ShardError, or report it and fill its windows
     # Probability that a training window is conditioned on its style group - the mixture of all leaves sharing its
@@ -52,12 +57,19 @@ class DataConfig:
     group_style: float = 0.0
 
     def __post_init__(self) -> None:
-        for key in ("seq_len", "stride", "shuffle_block"):
+        for key in ("seq_len", "stride"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"data.{key} must be at least 1, got {getattr(self, key)}")
+        for key in ("shuffle_mb", "cache_mb"):
+            if not 0 < getattr(self, key) < math.inf:
+                raise ConfigError(f"data.{key} must be a positive number of MB, got {getattr(self, key)}")
         for key in ("transpose", "workers"):
             if getattr(self, key) < 0:
                 raise ConfigError(f"data.{key} must be at least 0, got {getattr(self, key)}")
+        if self.cache_mb < self.shuffle_mb:
+            raise ConfigError(f"data.cache_mb={self.cache_mb} is smaller than data.shuffle_mb={self.shuffle_mb}: a "
+                              "process would read the pieces of a pool again and again; raise data.cache_mb or lower "
+                              "data.shuffle_mb")
         if not 0.0 <= self.group_style <= 1.0:
             raise ConfigError(f"data.group_style must lie in [0, 1], got {self.group_style}")
         if self.on_error not in ("raise", "skip"):
@@ -118,15 +130,19 @@ def _original_message(e: ShardError) -> str:
     return text
 
 
-def _stream(ds: MicroBatches, workers: int, skipped: dict[str, str],
-            pin_memory: bool = False) -> Iterator[dict[str, Any]]:
-    """Run a plan in-process or with DataLoader workers; add the prev/target views; report each bad shard once."""
+def _stream(ds: MicroBatches, workers: int, skipped: dict[str, str], pin_memory: bool = False,
+            counter: list[int] | None = None) -> Iterator[dict[str, Any]]:
+    """Run a plan in-process or with DataLoader workers; add the prev/target views; report each bad shard once;
+    add the shard bytes each batch read to counter[0]."""
     workers = min(workers, ds.plan.count)
     it = iter(ds) if workers == 0 else iter(DataLoader(ds, batch_size=None, num_workers=workers,
                                                        pin_memory=pin_memory and torch.cuda.is_available(),
                                                        worker_init_fn=_worker_signals))
     try:
         for batch in _clean_errors(it):
+            read = int(batch.pop("read_bytes"))
+            if counter is not None:
+                counter[0] += read
             for item in batch.pop("bad_shards", ()):
                 name, reason = item.split("\t", 1)
                 if name not in skipped:
@@ -194,10 +210,17 @@ class StreamingLoader:
                              + ("" if cfg.on_error == "raise" else f": no readable shard left in split {split!r}"))
         self.epoch, self._consumed, self._micro, self._generation = 0, 0, 0, 0
         self.skipped_shards: dict[str, str] = {}
+        self._read = [0]  # shard bytes read by this loader's processes (see bytes_read)
 
     @property
     def total_windows(self) -> int:
         return self._cat.total
+
+    @property
+    def bytes_read(self) -> int:
+        """Piece bytes read from shards for the batches yielded so far (all workers; what workers prefetched beyond
+        them is not counted yet)."""
+        return self._read[0]
 
     def steps_per_epoch(self) -> int:
         """Optimizer steps left in the current epoch (the one in progress counts)."""
@@ -208,9 +231,15 @@ class StreamingLoader:
         return self.steps_per_epoch() * self.accumulation - self._micro
 
     def order(self, epoch: int) -> np.ndarray:
-        """The epoch's global window order (all window ids; O(total windows) memory, for tests and debugging)."""
-        o = Order(self._cat, self.seed, epoch, self.shuffle, self.cfg.shuffle_block)
-        return np.concatenate([o.block_windows(b) for b in range(len(o.blocks))])
+        """The epoch's global window order as window ids (windows numbered piece after piece in split order;
+        O(total windows) memory, for tests and debugging)."""
+        piece, start = Order(self._cat, self.seed, epoch, self.shuffle, self.pool_bytes).lookup(
+            np.arange(self._cat.total))
+        return self._cat.window_ids(piece, start)
+
+    @property
+    def pool_bytes(self) -> int:
+        return int(self.cfg.shuffle_mb * 2**20)
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         # A generator: nothing below runs before the first next(), so an iterator made before load_state_dict
@@ -219,10 +248,10 @@ class StreamingLoader:
         generation, epoch, remaining = self._generation, self.epoch, len(self)
         plan = TrainPlan(self._consumed, self.global_batch, self.accumulation, self.micro_batch, self.rank,
                           self._micro, remaining)
-        order = Order(self._cat, self.seed, epoch, self.shuffle, self.cfg.shuffle_block)
+        order = Order(self._cat, self.seed, epoch, self.shuffle, self.pool_bytes)
         ds = MicroBatches(self._cat, order, self.repr_cfg, self.cfg, self.num_styles, self.augment, plan)
         done = 0
-        for batch in _stream(ds, self.cfg.workers, self.skipped_shards, self.pin_memory):
+        for batch in _stream(ds, self.cfg.workers, self.skipped_shards, self.pin_memory, self._read):
             if generation != self._generation:
                 raise RuntimeError("this loader iterator was superseded by a newer iter() or load_state_dict()")
             done += 1
@@ -244,14 +273,16 @@ class StreamingLoader:
         return {"version": STATE_VERSION, "split": self.split, "epoch": self.epoch, "consumed": self._consumed,
                 "micro": self._micro, "seed": self.seed, "global_batch": self.global_batch,
                 "total_windows": self._cat.total, "seq_len": self.cfg.seq_len, "stride": self.cfg.stride,
-                "shuffle": int(self.shuffle), "shuffle_block": self.cfg.shuffle_block, "corpus": self.corpus}
+                "shuffle": int(self.shuffle), "shuffle_mb": self.cfg.shuffle_mb, "corpus": self.corpus}
 
     def position_changes(self, state: dict[str, Any]) -> list[str]:
         """What makes a saved position mean other windows under this loader's settings, as "key: old -> new"
         sentences naming the config key ([] when the position carries over). The epoch's order is a function of
-        (seed, windowing, shuffle_block), and `consumed` counts positions in that order."""
-        names = {"seed": "seed", "seq_len": "data.seq_len", "stride": "data.stride",
-                 "shuffle_block": "data.shuffle_block"}
+        (seed, windowing, shuffle_mb), and `consumed` counts positions in that order."""
+        if state.get("version") != STATE_VERSION:
+            return [f"the loader's order: version {state.get('version')!r} -> {STATE_VERSION} (this deepj shuffles "
+                    "pieces in pools of data.shuffle_mb)"]
+        names = {"seed": "seed", "seq_len": "data.seq_len", "stride": "data.stride", "shuffle_mb": "data.shuffle_mb"}
         mine = self.state_dict()
         out = [f"{name}: {state[key]!r} -> {mine[key]!r}" for key, name in names.items()
                if key in state and state[key] != mine[key]]
@@ -272,7 +303,7 @@ class StreamingLoader:
             raise ValueError(f"loader state was saved in the middle of an optimizer step (micro-batch "
                              f"{state['micro']}); save only after a step completes")
         mine = self.state_dict()
-        for key in ("split", "seed", "total_windows", "seq_len", "stride", "shuffle", "shuffle_block", "corpus"):
+        for key in ("split", "seed", "total_windows", "seq_len", "stride", "shuffle", "shuffle_mb", "corpus"):
             if key in state and state[key] != mine[key]:
                 raise ValueError(f"loader state {key}={state[key]!r} does not match this loader's {mine[key]!r}: "
                                  "the data, seed or windowing changed since the checkpoint")
@@ -295,6 +326,6 @@ def validation_batches(cfg: DataConfig, *, micro_batch: int, rank: int, world_si
     if cat.total == 0 and num_batches:
         raise ShardError(f"split {split!r} of {manifest.path} has no pieces, so no validation windows")
     plan = ValPlan(num_batches, micro_batch, rank, world_size, cat.total)
-    ds = MicroBatches(cat, Order(cat, 0, 0, False, cfg.shuffle_block), manifest.representation, cfg,
+    ds = MicroBatches(cat, Order(cat, 0, 0, False, int(cfg.shuffle_mb * 2**20)), manifest.representation, cfg,
                        manifest.styles.num_styles, False, plan)
     return _stream(ds, cfg.workers, {})

@@ -5,14 +5,16 @@ One sample per piece:
   About 1-3 bytes per note after compression, against 48 x 3 x 4 = 576 bytes per step for a dense float32 roll;
 - `json`: `{"style": "baroque/bach", "source": "relative/path.mid", "steps": T, "notes": K}`.
 
-`manifest.json` beside the shards describes them (see `deepj.preprocess`); the loader reads only the manifest and the
-shards it is handed, one block at a time.
+`manifest.json` and `pieces.npy` beside the shards describe them (deepj/data/manifest.py): the index gives each
+piece's byte range in its shard and their crc32, so the loader reads the pieces it cuts windows from, nothing else.
+The tars stay plain WebDataset shards, which any WebDataset pipeline can stream.
 """
 
 from __future__ import annotations
 
 import errno
 import hashlib
+import json
 import os
 import re
 import secrets
@@ -25,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from deepj.data.manifest import MANIFEST, ShardEntry, ShardError
+from deepj.data.manifest import MANIFEST, PIECE_DTYPE, ShardEntry, ShardError
 from deepj.folder_lock import FolderBusy, lock_folder, unlock_folder
 from deepj.music.representation import NOTE_DTYPE, empty_notes
 
@@ -95,70 +97,131 @@ def piece_key(source: str) -> str:
     return hashlib.sha1(source.encode()).hexdigest()[:20]
 
 
-class SplitWriter:
-    """Writes one split's pieces into `{split}-NNNNNN.tar` shards of about `shard_bytes` each, and describes them.
+_BLOCK = 512  # tar: a 512-byte header per member, data padded to 512
 
-    Each shard is written under a temporary name and renamed when complete, so a killed run never leaves a
-    half-written shard under a real name. Tar headers carry a fixed mtime, so the same input gives the same bytes.
-    """
 
-    def __init__(self, out_dir: str | Path, split: str, shard_bytes: int):
+def _padded(n: int) -> int:
+    return -(-n // _BLOCK) * _BLOCK
+
+
+def sample_meta(source: str, style: str, style_id: int, steps: int, notes: int) -> bytes:
+    """A sample's json member, as bytes (what WebDataset's writer would make of the dict)."""
+    meta = {"style": style, "style_id": style_id, "source": source, "steps": steps, "notes": notes}
+    return json.dumps(meta).encode("utf-8")
+
+
+def sample_size(meta: bytes, blob: bytes | int) -> int:
+    """Bytes a sample takes in a shard: two members (json, notes.bin) with their headers; names are short and mtimes
+    integers, so no pax header is ever added."""
+    return 2 * _BLOCK + _padded(len(meta)) + _padded(blob if isinstance(blob, int) else len(blob))
+
+
+def plan_shards(sizes: list[int], shard_bytes: int) -> list[tuple[int, int]]:
+    """Samples [lo, hi) of each shard, for samples of `sizes` bytes in order: a shard ends with the sample that
+    brings it to `shard_bytes` or more (as `SplitWriter` closes them), so that shards can be planned before any is
+    written and written in parallel."""
+    out, lo, size = [], 0, 0
+    for i, n in enumerate(sizes):
+        size += n
+        if size >= shard_bytes:
+            out.append((lo, i + 1))
+            lo, size = i + 1, 0
+    if lo < len(sizes):
+        out.append((lo, len(sizes)))
+    return out
+
+
+class ShardWriter:
+    """Writes one shard, `{name}` in `out_dir`, under a temporary name renamed when complete (a killed run never
+    leaves a half-written shard under a real name); `finish()` -> its manifest entry and its pieces' index records.
+    Tar headers carry a fixed mtime, so the same pieces give the same bytes."""
+
+    def __init__(self, out_dir: str | Path, name: str, split: str):
         import webdataset as wds
 
-        self._wds = wds
-        self.out_dir, self.split, self.shard_bytes = Path(out_dir), split, max(int(shard_bytes), 1)
-        self.entries: list[ShardEntry] = []
-        self._writer = None
-        self._fh = None
-
-    def _open(self) -> None:
-        self._name = f"{self.split}-{len(self.entries):06d}.tar"
-        self._path = self.out_dir / self._name
-        self._fh = open(self.out_dir / (self._name + ".tmp"), "wb")
+        self.out_dir, self.name, self.split = Path(out_dir), name, split
+        self.tmp = self.out_dir / (name + ".tmp")
+        self._fh = open(self.tmp, "wb")
         # mtime an int: a float mtime makes tarfile add a 1 kB pax header per member
-        self._writer = self._wds.TarWriter(self._fh, mtime=0)
-        self._steps: list[int] = []  # of each piece in this shard, in tar order
-        self._styles: list[int] = []
-        self._notes = 0
+        self._writer = wds.TarWriter(self._fh, mtime=0)
+        self._records: list[tuple[int, int, int, int, int, int]] = []
 
-    def add(self, source: str, style: str, style_id: int, notes: np.ndarray) -> None:
-        if self._writer is None:
-            self._open()
-        steps = int(notes["end"].max()) if len(notes) else 0
-        meta = {"style": style, "style_id": style_id, "source": source, "steps": steps, "notes": len(notes)}
-        self._writer.write({"__key__": piece_key(source), NOTES_KEY: encode_notes(notes), META_KEY: meta})
-        self._steps.append(steps)
-        self._styles.append(style_id)
-        self._notes += len(notes)
-        if self._fh.tell() >= self.shard_bytes:
-            self._finish()
+    @property
+    def size(self) -> int:
+        """Bytes of the samples written so far (the tar's own count: its stream buffers what reaches the file)."""
+        return self._writer.tarstream.offset
 
-    def _finish(self) -> None:
+    def add(self, source: str, style: str, style_id: int, blob: bytes, steps: int, notes: int) -> None:
+        """One piece: its encoded notes (`encode_notes`), steps and note count."""
+        meta = sample_meta(source, style, style_id, steps, notes)
+        before = self.size
+        self._writer.write({"__key__": piece_key(source), META_KEY: meta, NOTES_KEY: blob})
+        end = self.size
+        if end - before != sample_size(meta, blob):  # plan_shards relies on it; a tar library change would break it
+            raise RuntimeError(f"{self.tmp}: a sample took {end - before} bytes, {sample_size(meta, blob)} expected")
+        # notes.bin sorts after json, so its data is the last member's: it ends, padded, where the sample ends.
+        self._records.append((end - _padded(len(blob)), len(blob), zlib.crc32(blob), steps, notes, style_id))
+
+    def finish(self) -> tuple[ShardEntry, np.ndarray]:
         self._writer.close()  # writes the tar's end; the file object stays open (tarfile did not open it)
         self._fh.close()  # flushed before the size and checksum are taken
-        tmp = self.out_dir / (self._name + ".tmp")
-        tmp.replace(self._path)
-        self.entries.append(ShardEntry(name=self._name, split=self.split, pieces=len(self._steps),
-                                       steps=sum(self._steps), notes=self._notes, piece_steps=tuple(self._steps),
-                                       piece_styles=tuple(self._styles), bytes=self._path.stat().st_size,
-                                       sha256=sha256_file(self._path)))
-        self._writer = self._fh = None
-
-    def close(self) -> list[ShardEntry]:
-        if self._writer is not None:
-            self._finish()
-        return self.entries
+        path = self.out_dir / self.name
+        self.tmp.replace(path)
+        rec = np.array(self._records, dtype=PIECE_DTYPE) if self._records else np.zeros(0, PIECE_DTYPE)
+        entry = ShardEntry(name=self.name, split=self.split, pieces=len(rec), steps=int(rec["steps"].sum()),
+                           notes=int(rec["notes"].sum()), bytes=path.stat().st_size, sha256=sha256_file(path))
+        return entry, rec
 
     def abort(self) -> None:
-        """After a failure (a full disk): close the shard being written without writing more; its .tmp file stays
-        for the caller to remove (preprocess removes its whole staging folder)."""
-        writer, fh = self._writer, self._fh
-        self._writer = self._fh = None
-        for close in ([writer.tarstream.fileobj.close] if writer is not None else []) + ([fh.close] if fh else []):
+        """After a failure (a full disk): close without writing more; the .tmp file stays for the caller to remove
+        (preprocess removes its whole staging folder)."""
+        for close in (self._writer.tarstream.fileobj.close, self._fh.close):
             try:
                 close()  # tarfile's stream would otherwise retry its write when collected, and fail again
             except (OSError, ValueError):
                 pass
+
+
+class SplitWriter:
+    """Writes one split's pieces into `{split}-NNNNNN.tar` shards of about `shard_bytes` each, one after the other,
+    and collects their entries and index records (`close()`). deepj.preprocess plans the same shards with
+    `plan_shards` and writes them in parallel; this is the writer for one process (tests, small corpora)."""
+
+    def __init__(self, out_dir: str | Path, split: str, shard_bytes: int):
+        self.out_dir, self.split, self.shard_bytes = Path(out_dir), split, max(int(shard_bytes), 1)
+        self.entries: list[ShardEntry] = []
+        self.records: list[np.ndarray] = []  # per shard
+        self._shard: ShardWriter | None = None
+
+    def add(self, source: str, style: str, style_id: int, notes: np.ndarray) -> None:
+        self.add_encoded(source, style, style_id, encode_notes(notes), int(notes["end"].max()) if len(notes) else 0,
+                         len(notes))
+
+    def add_encoded(self, source: str, style: str, style_id: int, blob: bytes, steps: int, notes: int) -> None:
+        if self._shard is None:
+            self._shard = ShardWriter(self.out_dir, f"{self.split}-{len(self.entries):06d}.tar", self.split)
+        self._shard.add(source, style, style_id, blob, steps, notes)
+        if self._shard.size >= self.shard_bytes:
+            self._finish()
+
+    def _finish(self) -> None:
+        entry, rec = self._shard.finish()
+        self.entries.append(entry)
+        self.records.append(rec)
+        self._shard = None
+
+    def close(self) -> list[ShardEntry]:
+        if self._shard is not None:
+            self._finish()
+        return self.entries
+
+    def all_records(self) -> np.ndarray:
+        return np.concatenate(self.records) if self.records else np.zeros(0, PIECE_DTYPE)
+
+    def abort(self) -> None:
+        if self._shard is not None:
+            self._shard.abort()
+            self._shard = None
 
 
 # --------------------------------------------------------------------------------------------------- output folder

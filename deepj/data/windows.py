@@ -1,46 +1,65 @@
 """Windows cut on the fly from WebDataset shards: the catalogue of a split, an epoch's order, and the worker that
-reads shards and cuts micro-batches. deepj/data/loader.py runs them and says what an epoch is; read it first.
+reads pieces and cuts micro-batches. deepj/data/loader.py runs them and says what an epoch is; read it first.
+
+Why this shape. A corpus at the scale deepj is for (10^5..10^6 pieces, 100+ GB as dense rolls) must stream with
+memory bounded by a setting, and each process must read what it uses, not the corpus. Three choices make that so:
+- Random access by piece. The manifest's piece index (deepj/data/manifest.py) gives each piece's byte range in its
+  shard and its crc32, so a worker reads one piece with one `pread` and verifies it by itself: no shard is read
+  whole, no block must be read before the first batch, and bytes read are those of the pieces whose windows the
+  process cuts. The shards stay plain tars (WebDataset reads them as before); the index is the only addition. Chosen
+  over WebDataset's `wids` (a per-shard index of samples, made by reading every shard once per process, and whose
+  cache holds whole shards) and over mapping whole shards (their page-cache pages would count in every process's
+  RSS as it reads them).
+- A bounded cache of decoded pieces (`data.cache_mb`, least recently used out first), the only thing that grows
+  while streaming. Each process holds its own; the memory a process holds is the cache, the catalogue (10 bytes a
+  piece) and one epoch's piece permutation (4 bytes a piece), whatever the shard, block or piece sizes.
+- A two-level shuffle that a bounded cache can serve. The split's pieces are permuted (`default_rng([seed, epoch])`)
+  and cut, in that order, into pools of about `data.shuffle_mb` of decoded notes (a fixed number of pieces per pool,
+  from the split's mean piece size). The epoch is pool after pool, each pool a permutation (`default_rng([seed,
+  epoch, pool])`) of all the windows of its pieces. A pool draws its pieces from the whole corpus, so a global batch
+  holds about as many distinct pieces and styles as a uniform draw would (measured in docs/benchmarks.md); a process
+  decodes each piece of a pool it cuts windows from once, while the pool is current, as long as the cache holds a
+  pool (loader.py refuses a cache smaller than the pool).
 
 Worker w of K of a rank makes this rank's micro-batches i with i % K == w; the DataLoader's in-order round robin
-yields them as 0, 1, 2, ..., so batches are bit-identical for any K. A worker reads a block with WebDataset's tar
-reader when one of its windows lies in it, keeps the block's compressed pieces, decodes a piece (and its replay flags)
-the first time it cuts a window of it, and holds only the blocks of its current micro-batch plus one more (normally
-the previous and the current block), so its memory follows the block size, not the corpus size; only the catalogue
-(a few ints per piece and per shard) grows with the corpus. Cost: every worker of every rank reads, checksums and
-mostly decodes every block, i.e. world_size * workers passes over the compact shards per epoch.
+yields them as 0, 1, 2, ..., so batches are bit-identical for any K.
 
-Errors: a shard that is missing, of another size than its manifest entry (truncated), unreadable by WebDataset, or
-whose sha256 or piece count differs, raises `ShardError` naming the file (`on_error="raise"`), or with
-`on_error="skip"` is reported once (a `ShardSkipped` warning and `loader.skipped_shards`) and its windows are replaced
-deterministically by windows of the nearest block with readable shards, so every rank still gets the same batches.
-Worker exceptions are re-raised in the main process by the DataLoader; nothing waits on a dead worker.
+Errors: each piece is verified when read (its shard present and of the manifest's size, its bytes' crc32 as the
+index gives it); a failure raises `ShardError` naming the shard and the piece (`on_error="raise"`), or with
+`on_error="skip"` the shard is reported once (a `ShardSkipped` warning and `loader.skipped_shards`) and each window
+of a bad piece is replaced by the next window of the epoch's order whose piece is good: a function of the data only,
+so the same on every rank and in every resume. A piece whose bytes verify but do not decode, or hold pitches outside
+the manifest's range, is a writer bug and raises in both modes. Worker exceptions are re-raised in the main process
+by the DataLoader; nothing waits on a dead worker.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
-import tarfile
+import os
+import zlib
 from collections import OrderedDict
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
-from webdataset.tariterators import group_by_keys, tar_file_expander
 
-from deepj.data.manifest import Manifest, ShardEntry, ShardError, windows_per_piece
-from deepj.data.shards import META_KEY, NOTES_KEY, decode_notes
+from deepj.data.manifest import Manifest, ShardError, windows_per_piece
+from deepj.data.shards import decode_notes
 from deepj.music.constants import STEPS_PER_BAR
-from deepj.music.representation import ReprConfig, notes_to_roll, replay_flags
+from deepj.music.representation import NOTE_DTYPE, ReprConfig, notes_to_roll, replay_flags
 
 if TYPE_CHECKING:
     from deepj.data.loader import DataConfig
 
 # splitmix64 constants: a fast, well-mixed integer hash, vectorised in numpy uint64 (wrap-around is intended).
 _GOLDEN, _MIX1, _MIX2 = np.uint64(0x9E3779B97F4A7C15), np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB)
+# Decoded bytes a note costs in the cache (the note, its replay flag, the contiguous starts and the running max end)
+# and a piece beyond its notes (the Python objects around its arrays): what `data.cache_mb` and the pools count.
+NOTE_COST = NOTE_DTYPE.itemsize + 1 + 4 + 4
+PIECE_COST = 1024
+_OPEN_SHARDS = 64  # file descriptors a worker keeps open
 
 
 def _mix(x: np.ndarray) -> np.ndarray:
@@ -51,75 +70,109 @@ def _mix(x: np.ndarray) -> np.ndarray:
     return x ^ (x >> np.uint64(31))
 
 
-def _window_hash(seed: int, epoch: int, wids: np.ndarray, salt: int = 0) -> np.ndarray:
-    """uint64 hash of (seed, epoch, window id, salt): a pure function of the window, independent of batching."""
+def _window_hash(seed: int, epoch: int, keys: np.ndarray, salt: int = 0) -> np.ndarray:
+    """uint64 hash of (seed, epoch, window key, salt): a pure function of the window, independent of batching."""
     mask = (1 << 64) - 1
     key = _mix(np.array([seed & mask], dtype=np.uint64)) ^ np.uint64(epoch & mask)
     key = _mix(key) ^ np.uint64(salt & mask)
-    return _mix(_mix(key) ^ np.asarray(wids, dtype=np.int64).astype(np.uint64))
+    return _mix(_mix(key) ^ np.asarray(keys, dtype=np.int64).astype(np.uint64))
 
 
 class Catalogue:
-    """A split's windows from the manifest alone: window id -> (piece, start step), piece -> shard and style."""
+    """A split's pieces from the manifest alone: steps, notes and style of each (views of the manifest's columns),
+    and where each lies (its shard). Windows are counted from the steps: a piece of T steps gives
+    `max(1, (T - seq_len) // stride + 1)` windows starting every `stride` steps."""
 
     def __init__(self, manifest: Manifest, split: str, seq_len: int, stride: int):
         self.dir, self.split, self.seq_len, self.stride = manifest.dir, split, seq_len, stride
-        self.shards: list[ShardEntry] = manifest.split(split)  # ShardError naming the file when the split has none
-        steps = manifest.piece_steps(split)  # (P,) int64, manifest order
-        self.piece_style = manifest.piece_styles(split)  # (P,) int64
+        self.shards = manifest.split(split)  # ShardError naming the file when the split has none
+        self.all_shards = manifest.shards
+        self.lo, hi = manifest.split_range(split)  # the split's pieces are pieces [lo, hi) of the manifest
+        self.count = hi - self.lo
+        self.table = manifest.pieces
+        self.steps = manifest.pieces.steps[self.lo:hi]  # (P,) uint32 views, no copies
+        self.notes = manifest.pieces.notes[self.lo:hi]
+        self.piece_style = manifest.pieces.styles[self.lo:hi]
+        self.shard_first_piece = manifest.shard_first_piece()  # (all shards + 1,) global piece index
         group = [name.split("/")[0] for name in manifest.styles.styles]
         same = np.array([[g == h for h in group] for g in group], dtype=np.float32)  # (S, S)
         self.group_style = same / same.sum(1, keepdims=True)  # (S, S): row i = the mixture over leaf i's group
-        windows = windows_per_piece(steps, seq_len, stride)
-        self.piece_first = np.concatenate([[0], np.cumsum(windows)])  # (P + 1,) first window id of each piece
-        self.shard_first_piece = np.concatenate([[0], np.cumsum([s.pieces for s in self.shards])])
-        self.shard_first = self.piece_first[self.shard_first_piece]  # (S + 1,) first window id of each shard
-        self.total = int(self.piece_first[-1])
+        chunk = 1 << 20
+        self.total = sum(int(self.windows(np.arange(i, min(i + chunk, self.count))).sum())
+                         for i in range(0, self.count, chunk))
+        decoded = float(self.notes.sum(dtype=np.int64)) * NOTE_COST + self.count * PIECE_COST
+        self.mean_cost = decoded / max(1, self.count)  # decoded bytes of a mean piece
 
-    def locate(self, wids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Window ids -> (piece index, start step)."""
-        piece = np.searchsorted(self.piece_first, wids, side="right") - 1
-        return piece, (wids - self.piece_first[piece]) * self.stride
+    def windows(self, pieces: np.ndarray) -> np.ndarray:
+        """(n,) int64 windows of the given pieces (split-local indices)."""
+        return windows_per_piece(self.steps[pieces], self.seq_len, self.stride)
 
-    def shard_of(self, wids: np.ndarray) -> np.ndarray:
-        return np.searchsorted(self.shard_first, wids, side="right") - 1
+    def shard_of(self, piece: int) -> tuple[int, int]:
+        """A split-local piece -> (its shard's index in the manifest, its index in that shard)."""
+        g = self.lo + piece
+        s = int(np.searchsorted(self.shard_first_piece, g, side="right")) - 1
+        return s, g - int(self.shard_first_piece[s])
 
-    def shard_windows(self, shards) -> np.ndarray:
-        """The window ids of the given shards, shard after shard."""
-        ranges = [np.arange(self.shard_first[s], self.shard_first[s + 1]) for s in shards]
-        return np.concatenate(ranges) if ranges else np.zeros(0, dtype=np.int64)
+    def window_ids(self, piece: np.ndarray, start: np.ndarray) -> np.ndarray:
+        """Windows numbered piece after piece in split order (for tests and debugging: O(pieces) memory)."""
+        first = np.concatenate([[0], np.cumsum(self.windows(np.arange(self.count)))])
+        return first[piece] + start // self.stride
+
+
+@dataclass(frozen=True)
+class _Pool:
+    pieces: np.ndarray  # (n,) int64 split-local pieces, in the epoch's piece order
+    first: np.ndarray  # (n + 1,) int64 first window of each within the pool
+    perm: np.ndarray | None  # (W,) the pool's window order (None: in order)
 
 
 class Order:
-    """Global position within an epoch -> window id; a function of (seed, epoch) only."""
+    """Global position within an epoch -> window (piece, start); a function of (seed, epoch, pool size) only."""
 
-    def __init__(self, cat: Catalogue, seed: int, epoch: int, shuffle: bool, shuffle_block: int):
+    def __init__(self, cat: Catalogue, seed: int, epoch: int, shuffle: bool, pool_bytes: int):
         self.cat, self.seed, self.epoch, self.shuffle = cat, seed, epoch, shuffle
-        n = len(cat.shards)
-        perm = np.random.default_rng([seed, epoch]).permutation(n) if shuffle else np.arange(n)
-        self.blocks = [perm[i : i + shuffle_block] for i in range(0, n, shuffle_block)]
-        sizes = [int((cat.shard_first[b + 1] - cat.shard_first[b]).sum()) for b in self.blocks]
-        self.block_first = np.concatenate([[0], np.cumsum(sizes)])  # (num_blocks + 1,) first position of each block
-        self._cache: OrderedDict[int, np.ndarray] = OrderedDict()
+        n = cat.count
+        self.perm = np.arange(n, dtype=np.int32 if n < 2**31 else np.int64)  # (P,) 4 bytes a piece
+        if shuffle:
+            np.random.default_rng([seed, epoch]).shuffle(self.perm)
+        self.per_pool = max(1, int(pool_bytes // cat.mean_cost))
+        pools = -(-n // self.per_pool)
+        counts = np.zeros(pools, dtype=np.int64)
+        step = max(1, (1 << 20) // self.per_pool)  # pools at a time: O(1 M) windows counted at once
+        for p0 in range(0, pools, step):
+            lo, hi = p0 * self.per_pool, min(n, (p0 + step) * self.per_pool)
+            w = cat.windows(self.perm[lo:hi])
+            counts[p0 : p0 + len(range(lo, hi, self.per_pool))] = np.add.reduceat(w, np.arange(0, hi - lo,
+                                                                                                self.per_pool))
+        self.pool_first = np.concatenate([[0], np.cumsum(counts)])  # (pools + 1,) first position of each pool
+        self._cache: OrderedDict[int, _Pool] = OrderedDict()
 
-    def block_windows(self, b: int) -> np.ndarray:
+    def pool(self, b: int) -> _Pool:
         if b not in self._cache:
-            wids = self.cat.shard_windows(self.blocks[b])
-            if self.shuffle:
-                wids = wids[np.random.default_rng([self.seed, self.epoch, b]).permutation(len(wids))]
-            self._cache[b] = wids
-            while len(self._cache) > 4:
+            lo, hi = b * self.per_pool, min(self.cat.count, (b + 1) * self.per_pool)
+            pieces = self.perm[lo:hi].astype(np.int64)
+            first = np.concatenate([[0], np.cumsum(self.cat.windows(pieces))])
+            perm = (np.random.default_rng([self.seed, self.epoch, b]).permutation(int(first[-1]))
+                    if self.shuffle else None)
+            self._cache[b] = _Pool(pieces, first, perm)
+            while len(self._cache) > 3:
                 self._cache.popitem(last=False)
         return self._cache[b]
 
     def lookup(self, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Positions -> (window ids, block of each)."""
-        blocks = np.searchsorted(self.block_first, positions, side="right") - 1
-        wids = np.empty(len(positions), dtype=np.int64)
-        for b in np.unique(blocks):
-            m = blocks == b
-            wids[m] = self.block_windows(int(b))[positions[m] - self.block_first[b]]
-        return wids, blocks
+        """Positions -> (split-local piece, start step) of each window."""
+        positions = np.asarray(positions, dtype=np.int64)
+        pools = np.searchsorted(self.pool_first, positions, side="right") - 1
+        piece, start = np.empty(len(positions), np.int64), np.empty(len(positions), np.int64)
+        for b in np.unique(pools):
+            m = pools == b
+            pool = self.pool(int(b))
+            k = positions[m] - self.pool_first[b]
+            if pool.perm is not None:
+                k = pool.perm[k]
+            j = np.searchsorted(pool.first, k, side="right") - 1
+            piece[m], start[m] = pool.pieces[j], (k - pool.first[j]) * self.cat.stride
+        return piece, start
 
 
 @dataclass(frozen=True)
@@ -161,7 +214,7 @@ class ValPlan:
 class _Piece:
     """A decoded piece with what cutting its windows needs; arrays are contiguous for searchsorted."""
 
-    __slots__ = ("notes", "replay", "starts", "max_end")
+    __slots__ = ("notes", "replay", "starts", "max_end", "cost")
 
     def __init__(self, notes: np.ndarray):
         self.notes = notes
@@ -169,162 +222,156 @@ class _Piece:
         self.starts = np.ascontiguousarray(notes["start"])
         # Running max of note ends: notes before the first index where it exceeds step t have all ended by t.
         self.max_end = np.maximum.accumulate(notes["end"]) if len(notes) else np.zeros(0, dtype=np.uint32)
+        self.cost = len(notes) * NOTE_COST + PIECE_COST
 
 
-class _HashingReader:
-    """A file object that hashes what WebDataset's tar reader pulls through it."""
-
-    def __init__(self, f):
-        self.f, self.sha = f, hashlib.sha256()
-
-    def read(self, n: int = -1) -> bytes:
-        data = self.f.read(n)
-        self.sha.update(data)
-        return data
+class _WriterBug(ShardError):
+    """Bytes that verify but do not make a valid piece: raised in skip mode too."""
 
 
 class WindowSource:
-    """One worker's view of an epoch: loads blocks on demand, decodes pieces lazily, cuts micro-batches."""
+    """One worker's view of an epoch: reads and verifies pieces on demand, keeps the decoded ones in a bounded
+    cache, cuts micro-batches."""
 
     def __init__(self, cat: Catalogue, order: Order, rcfg: ReprConfig, cfg: DataConfig, num_styles: int,
                  augment: bool):
         self.cat, self.order, self.rcfg, self.cfg = cat, order, rcfg, cfg
         self.num_styles, self.transpose = num_styles, cfg.transpose if augment else 0
         self.group_prob = cfg.group_style if augment else 0.0  # training windows only; validation keeps the leaf
-        self.blocks: OrderedDict[int, dict[int, Any]] = OrderedDict()  # block -> {piece: bytes | _Piece}
-        self.bad: dict[int, str] = {}  # shard index -> reason
+        self.capacity = int(cfg.cache_mb * 2**20)
+        self.cache: OrderedDict[int, _Piece] = OrderedDict()  # split-local piece -> decoded, least recent first
+        self.cached = 0  # bytes the cache holds (NOTE_COST, PIECE_COST)
+        self.fds: OrderedDict[int, int] = OrderedDict()  # manifest shard index -> open file
+        self.bad_pieces: dict[int, str] = {}
+        self.bad_shards: dict[int, str] = {}  # manifest shard index -> reason (file missing or of the wrong size)
         self.unreported: list[str] = []
+        self.read_bytes = 0  # piece bytes read from shards (the index records are 26 bytes a piece more)
+
+    def close(self) -> None:
+        for fd in self.fds.values():
+            os.close(fd)
+        self.fds.clear()
 
     # -- reading --------------------------------------------------------------------------------------------
-    def _read_shard(self, s: int) -> list[bytes] | None:
-        """The shard's notes blobs in tar order, all checked against the manifest; None if bad in skip mode."""
-        entry = self.cat.shards[s]
+    def _fd(self, s: int) -> int:
+        if s in self.fds:
+            self.fds.move_to_end(s)
+            return self.fds[s]
+        if s in self.bad_shards:
+            raise ShardError(self.bad_shards[s])
+        entry = self.cat.all_shards[s]
         path = self.cat.dir / entry.name
         try:
-            return self._read_checked(path, entry)
+            fd = os.open(path, os.O_RDONLY)
+        except FileNotFoundError:
+            raise ShardError(f"{path}: shard file missing (listed in manifest.json)") from None
+        except OSError as e:
+            raise ShardError(f"{path}: cannot be opened: {e.strerror}") from None
+        size = os.fstat(fd).st_size
+        if size != entry.bytes:
+            os.close(fd)
+            what = "truncated" if size < entry.bytes else "of the wrong size"
+            raise ShardError(f"{path}: shard {what}: {size} bytes, manifest.json says {entry.bytes}")
+        self.fds[s] = fd
+        while len(self.fds) > _OPEN_SHARDS:
+            os.close(self.fds.popitem(last=False)[1])
+        return fd
+
+    def _read(self, piece: int) -> _Piece:
+        """Read, verify and decode one piece (split-local index)."""
+        s, k = self.cat.shard_of(piece)
+        rec = self.cat.table.records(np.array([self.cat.lo + piece]))[0]
+        path = self.cat.dir / self.cat.all_shards[s].name
+        try:
+            fd = self._fd(s)
+        except ShardError as e:
+            self.bad_shards.setdefault(s, str(e))
+            raise
+        offset, length = int(rec["offset"]), int(rec["length"])
+        data = os.pread(fd, length, offset)
+        self.read_bytes += len(data)
+        where = f"{path}: piece {k} (bytes {offset}..{offset + length})"
+        if len(data) != length or zlib.crc32(data) != int(rec["crc32"]):
+            raise ShardError(f"{where}: crc32 differs from the piece index's (corrupt shard)")
+        try:
+            notes = decode_notes(data)
+        except ShardError as e:
+            raise _WriterBug(f"{where}: {e}") from None
+        lo, hi = self.rcfg.min_pitch, self.rcfg.max_pitch
+        if len(notes) and (notes["pitch"].min() < lo or notes["pitch"].max() >= hi):
+            raise _WriterBug(f"{where}: pitches outside the manifest's range [{lo}, {hi})")
+        steps = int(notes["end"].max()) if len(notes) else 0
+        if steps != int(rec["steps"]) or len(notes) != int(rec["notes"]):
+            raise _WriterBug(f"{where}: {len(notes)} notes over {steps} steps, the piece index says "
+                             f"{int(rec['notes'])} over {int(rec['steps'])}")
+        return _Piece(notes)
+
+    def _piece(self, piece: int) -> _Piece | None:
+        """The decoded piece, from the cache or read; None for a bad piece in skip mode."""
+        p = self.cache.get(piece)
+        if p is not None:
+            self.cache.move_to_end(piece)
+            return p
+        if piece in self.bad_pieces:
+            return None
+        try:
+            p = self._read(piece)
+        except _WriterBug:
+            raise
         except ShardError as e:
             if self.cfg.on_error == "raise":
                 raise
-            self.bad[s] = str(e)
-            self.unreported.append(entry.name + "\t" + str(e))
+            self.bad_pieces[piece] = str(e)
+            name = self.cat.all_shards[self.cat.shard_of(piece)[0]].name
+            self.unreported.append(name + "\t" + str(e))
             return None
+        self.cache[piece] = p
+        self.cached += p.cost
+        while self.cached > self.capacity and len(self.cache) > 1:
+            self.cached -= self.cache.popitem(last=False)[1].cost
+        return p
 
-    def _read_checked(self, path: Path, entry: ShardEntry) -> list[bytes]:
-        if not path.is_file():
-            raise ShardError(f"{path}: shard file missing (listed in manifest.json)")
-        size = path.stat().st_size
-        if size != entry.bytes:
-            what = "truncated" if size < entry.bytes else "of the wrong size"
-            raise ShardError(f"{path}: shard {what}: {size} bytes, manifest.json says {entry.bytes}")
-        blobs = []
-        with open(path, "rb") as f:
-            reader = _HashingReader(f)
-            try:
-                for k, sample in enumerate(group_by_keys(tar_file_expander([{"url": str(path), "stream": reader}]))):
-                    if NOTES_KEY not in sample or META_KEY not in sample:
-                        raise ShardError(f"{path}: sample {k} has members {sorted(sample)} instead of "
-                                         f"{NOTES_KEY} and {META_KEY} (corrupt tar header?)")
-                    meta = json.loads(sample[META_KEY])
-                    if k >= entry.pieces:
-                        raise ShardError(f"{path}: more samples than the {entry.pieces} of manifest.json")
-                    if meta["steps"] != entry.piece_steps[k] or meta["style_id"] != entry.piece_styles[k]:
-                        raise ShardError(f"{path}: sample {k} ({meta['steps']} steps, style {meta['style_id']}) "
-                                         f"does not match manifest.json's entry")
-                    blobs.append(sample[NOTES_KEY])
-            except (tarfile.TarError, OSError, ValueError, KeyError, TypeError) as e:
-                raise ShardError(f"{path}: unreadable by WebDataset: {type(e).__name__}: {e}") from e
-            while reader.read(1 << 20):  # the tar reader stops at the end marker; hash the padding too
-                pass
-        if entry.sha256 and reader.sha.hexdigest() != entry.sha256:  # "" when the manifest lists none
-            raise ShardError(f"{path}: sha256 {reader.sha.hexdigest()[:12]}... differs from manifest.json's "
-                             f"{entry.sha256[:12]}... (corrupt shard)")
-        if len(blobs) != entry.pieces:
-            raise ShardError(f"{path}: holds {len(blobs)} pieces, manifest.json says {entry.pieces}")
-        return blobs
-
-    def _load(self, b: int) -> dict[int, Any]:
-        if b in self.blocks:
-            self.blocks.move_to_end(b)
-            return self.blocks[b]
-        pieces: dict[int, Any] = {}
-        for s in self.order.blocks[b]:
-            blobs = None if int(s) in self.bad else self._read_shard(int(s))
-            if blobs is not None:
-                first = int(self.cat.shard_first_piece[s])
-                pieces.update((first + k, blob) for k, blob in enumerate(blobs))
-        self.blocks[b] = pieces
-        return pieces
-
-    def _pin(self, needed: set[int]) -> None:
-        """Load the blocks the current micro-batch needs; drop the least recent others beyond one spare."""
-        for b in sorted(needed):
-            self._load(b)
-        for b in [b for b in self.blocks if b not in needed][: max(0, len(self.blocks) - len(needed) - 1)]:
-            del self.blocks[b]
-
-    def _piece(self, piece: int, block: int) -> _Piece:
-        pieces = self.blocks[block]
-        item = pieces[piece]
-        if isinstance(item, bytes):
-            s = int(np.searchsorted(self.cat.shard_first_piece, piece, side="right")) - 1
-            where = f"{self.cat.dir / self.cat.shards[s].name}: piece {piece - self.cat.shard_first_piece[s]}"
-            try:  # after a matching sha256 this means a writer bug, so it raises in skip mode too
-                notes = decode_notes(item)
-            except ShardError as e:
-                raise ShardError(f"{where}: {e}") from None
-            lo, hi = self.rcfg.min_pitch, self.rcfg.max_pitch
-            if len(notes) and (notes["pitch"].min() < lo or notes["pitch"].max() >= hi):
-                raise ShardError(f"{where}: pitches outside the manifest's range [{lo}, {hi})")
-            item = pieces[piece] = _Piece(notes)
-        return item
-
-    # -- skip mode ------------------------------------------------------------------------------------------
-    def _fill(self, wids: np.ndarray, blocks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Replace windows of bad shards by windows of the nearest block (b, b+1, b-1, ...) with readable shards."""
-        bad = np.isin(self.cat.shard_of(wids), list(self.bad))
-        if not bad.any():
-            return wids, blocks
-        wids, blocks = wids.copy(), blocks.copy()
-        n = len(self.order.blocks)
-        for b in np.unique(blocks[bad]):
-            for src in sorted(range(n), key=lambda c: (abs(c - b), c < b)):
-                self._load(src)
-                good = self.cat.shard_windows([s for s in self.order.blocks[src] if int(s) not in self.bad])
-                if len(good):
-                    break
-            else:
-                raise ShardError(f"no readable shard in split {self.cat.split!r} of {self.cat.dir}: "
-                                 + "; ".join(self.bad.values()))
-            m = bad & (blocks == b)
-            pick = _window_hash(self.order.seed, self.order.epoch, wids[m], salt=1) % np.uint64(len(good))
-            wids[m], blocks[m] = good[pick.astype(np.int64)], src
-        return wids, blocks
+    def _replacement(self, position: int) -> tuple[int, int, _Piece]:
+        """Skip mode: the first window after `position` in the epoch's order (cyclically) whose piece is good."""
+        total = self.cat.total
+        for q in range(position + 1, position + total):
+            piece, start = self.order.lookup(np.array([q % total]))
+            p = self._piece(int(piece[0]))
+            if p is not None:
+                return int(piece[0]), int(start[0]), p
+        raise ShardError(f"no readable piece in split {self.cat.split!r} of {self.cat.dir}: "
+                         + "; ".join(sorted(set(self.bad_pieces.values()))[:3]))
 
     # -- cutting --------------------------------------------------------------------------------------------
     def batch(self, positions: np.ndarray) -> dict[str, Any]:
-        wids, blocks = self.order.lookup(positions)
-        self._pin({int(b) for b in blocks})
-        if self.bad:
-            wids, blocks = self._fill(wids, blocks)
-            self._pin({int(b) for b in blocks})
-        piece, start = self.cat.locate(wids)
-        hashes = _window_hash(self.order.seed, self.order.epoch, wids)
-        n_win, length = len(wids), self.cfg.seq_len
+        piece, start = self.order.lookup(positions)
+        n_win, length = len(positions), self.cfg.seq_len
         notes = torch.empty((n_win, length + 1, self.rcfg.num_notes, 3))  # (B, L+1, N, 3): steps [s-1, s+L)
         buf = notes.numpy()
         shifts = np.zeros(n_win, dtype=np.int64)
+        read0 = self.read_bytes
+        decoded = []
         for j in range(n_win):
-            shifts[j] = self._cut(self._piece(int(piece[j]), int(blocks[j])), int(start[j]), hashes[j], buf[j])
+            p = self._piece(int(piece[j]))
+            if p is None:
+                piece[j], start[j], p = self._replacement(int(positions[j]))
+            decoded.append(p)
+        key = piece * 2**32 + start  # (B,) a window's identity for its random draws: (piece, start) < (2^31, 2^24)
+        hashes = _window_hash(self.order.seed, self.order.epoch, key)
+        for j in range(n_win):
+            shifts[j] = self._cut(decoded[j], int(start[j]), hashes[j], buf[j])
         beat = (start[:, None] + np.arange(length)[None, :]) % STEPS_PER_BAR  # (B, L): beat of target step t
         style = torch.zeros((n_win, self.num_styles))
-        style[torch.arange(n_win), torch.from_numpy(self.cat.piece_style[piece])] = 1.0
+        styles = self.cat.piece_style[piece].astype(np.int64)
+        style[torch.arange(n_win), torch.from_numpy(styles)] = 1.0
         if self.group_prob > 0:
             # A pure function of the window (like its transposition), so a resumed run draws the same.
-            u = (_window_hash(self.order.seed, self.order.epoch, wids, salt=2) >> np.uint64(11)) / float(2**53)
+            u = (_window_hash(self.order.seed, self.order.epoch, key, salt=2) >> np.uint64(11)) / float(2**53)
             grouped = u < self.group_prob  # (B,)
-            style[grouped] = torch.from_numpy(self.cat.group_style[self.cat.piece_style[piece[grouped]]])
+            style[grouped] = torch.from_numpy(self.cat.group_style[styles[grouped]])
         out = {"notes": notes, "beat": torch.from_numpy(beat), "style": style,
-               "window": torch.from_numpy(np.stack([piece, start, shifts], axis=1))}
+               "window": torch.from_numpy(np.stack([piece, start, shifts], axis=1)),
+               "read_bytes": self.read_bytes - read0}
         if self.unreported:
             out["bad_shards"], self.unreported = tuple(self.unreported), []
         return out
@@ -363,5 +410,8 @@ class MicroBatches(IterableDataset):
         info = get_worker_info()
         w, k = (info.id, info.num_workers) if info is not None else (0, 1)
         source = WindowSource(*self.args)
-        for i in range(w, self.plan.count, k):
-            yield source.batch(self.plan.positions(i))
+        try:
+            for i in range(w, self.plan.count, k):
+                yield source.batch(self.plan.positions(i))
+        finally:
+            source.close()

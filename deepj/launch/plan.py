@@ -16,6 +16,9 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
+from deepj.data.windows import NOTE_COST, PIECE_COST
 from deepj.music.constants import NUM_CHANNELS
 
 if TYPE_CHECKING:
@@ -25,7 +28,6 @@ GIB = 2**30
 CUDA_CONTEXT_BYTES = 512 * 2**20  # CUDA context + cuDNN/cuBLAS handles: outside torch's allocator, ~0.3-0.6 GiB
 LSTM_RESERVE = 6  # cuDNN keeps, per step and sequence, ~6 x hidden floats for backward: 4 gates, c, tanh(c)
 PREFETCH_FACTOR = 2  # torch DataLoader default: batches in flight per worker
-NOTE_HOST_BYTES = 19  # decoded note: NOTE_DTYPE 10 B + replay flag 1 B + starts 4 B + running max of ends 4 B
 ASSUMED_DISK_BPS = 200e6  # when the disk is not probed
 SIGNAL_LEAD_S = 180  # slurm/train.sbatch: USR2 this long before the time limit
 
@@ -103,7 +105,7 @@ def split_summary(manifest: Manifest, split: str, seq_len: int, stride: int) -> 
     from deepj.data.manifest import windows_per_piece
 
     shards = [s for s in manifest.shards if s.split == split]
-    steps = [t for s in shards for t in s.piece_steps]
+    steps = manifest.piece_steps(split) if shards else np.zeros(0, dtype=np.int64)
     return {"shards": len(shards), "pieces": len(steps),
             "windows": int(windows_per_piece(steps, seq_len, stride).sum()),
             "bytes": sum(s.bytes for s in shards), "notes": sum(s.notes for s in shards)}
@@ -113,21 +115,20 @@ def loader_worker_memory(manifest: Manifest | None, data_cfg, micro_batch: int, 
                          num_styles: int) -> dict[str, int]:
     """Host bytes one loader worker holds (data.workers = 0: the trainer process holds the same).
 
-    blocks:  2 blocks of `shuffle_block` shards (the current one and one spare, deepj/data/loader.py), each shard as its
-             compressed samples (~ its bytes) plus every piece decoded: NOTE_HOST_BYTES per note. Upper bound: the
-             largest shards of the split.
+    cache:   `data.cache_mb` of decoded pieces (deepj/data/windows.py), or the whole split decoded when smaller, plus
+             the catalogue: 10 bytes a piece of the manifest's columns and 4 of the epoch's permutation.
     batches: PREFETCH_FACTOR micro-batches in flight: notes (B, L+1, N, 3) float32 + beat (B, L) int64 + style
              (B, S) float32 + window (B, 3) int64.
     The Python/torch process itself (~150-300 MB, mostly shared with its parent after fork) comes on top.
     """
     b, length = micro_batch, data_cfg.seq_len
     batch = b * (length + 1) * num_notes * 3 * 4 + b * length * 8 + b * num_styles * 4 + b * 3 * 8
-    blocks = 0
+    cache = data_cfg.cache_mb * 2**20
     if manifest is not None:
-        train = sorted((s for s in manifest.shards if s.split == "train"), key=lambda s: -s.bytes)
-        top = train[: 2 * data_cfg.shuffle_block]
-        blocks = sum(s.bytes + NOTE_HOST_BYTES * s.notes for s in top)
-    return {"blocks": blocks, "batches": PREFETCH_FACTOR * batch, "total": blocks + PREFETCH_FACTOR * batch}
+        train = [s for s in manifest.shards if s.split == "train"]
+        pieces = sum(s.pieces for s in train)
+        cache = min(cache, sum(NOTE_COST * s.notes + PIECE_COST * s.pieces for s in train)) + 14 * pieces
+    return {"cache": cache, "batches": PREFETCH_FACTOR * batch, "total": cache + PREFETCH_FACTOR * batch}
 
 
 # ---------------------------------------------------------------------------------------------------- checkpoints
@@ -311,7 +312,7 @@ def format_plan(plan: dict[str, Any]) -> str:
     if plan["gpu_memory_available"]:
         lines.append(f"  GPU has {_mb(plan['gpu_memory_available'])}")
     w = plan["loader_worker_memory"]
-    lines.append(f"host memory per loader worker: {_mb(w['total'])} (blocks {_mb(w['blocks'])}, batches in flight "
+    lines.append(f"host memory per loader worker: {_mb(w['total'])} (cache {_mb(w['cache'])}, batches in flight "
                  f"{_mb(w['batches'])}) + the process itself")
     if d:
         lines.append(f"data: train {d['train']['pieces']:,} pieces / {d['train']['shards']} shard(s) / "
