@@ -374,6 +374,23 @@ def test_worker_memory_is_bounded_by_the_cache_not_the_corpus(tmp_path):
     assert peaks[1] - peaks[0] < 16e6, [p / 1e6 for p in peaks]
 
 
+def test_a_small_cache_changes_the_reading_not_the_batches(corpus):
+    """The cache's ring evicts pieces while a batch is cut (30 kB: a few pieces) or holds none (2 kB: most pieces are
+    larger, decoded for each window): the batches are those of a cache that holds the whole split; only the bytes
+    read grow. (A cache below the pool is refused by DataConfig; it is set after construction to force evictions
+    within a pool.)"""
+    d, _, _ = corpus
+    runs = {}
+    for cache in (64, 0.03, 0.002):
+        cfg = cfg_for(d, shuffle_mb=0.2)
+        cfg.cache_mb = cache
+        ld = StreamingLoader(cfg, micro_batch=8, global_batch=8, seed=4)
+        runs[cache] = (list(ld), ld.bytes_read)
+    assert_same(runs[0.03][0], runs[64][0])
+    assert_same(runs[0.002][0], runs[64][0])
+    assert runs[64][1] < runs[0.03][1] < runs[0.002][1]
+
+
 def test_first_batch_reads_only_the_pieces_of_its_windows(tmp_path):
     """One shard of 200 pieces (one pool, one block in the old loader): the first micro-batch reads at most its own 4
     pieces, not the shard; an epoch reads each piece once, two ranks together at most twice."""

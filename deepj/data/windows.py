@@ -10,9 +10,10 @@ memory bounded by a setting, and each process must read what it uses, not the co
   over WebDataset's `wids` (a per-shard index of samples, made by reading every shard once per process, and whose
   cache holds whole shards) and over mapping whole shards (their page-cache pages would count in every process's
   RSS as it reads them).
-- A bounded cache of decoded pieces (`data.cache_mb`, least recently used out first), the only thing that grows
-  while streaming. Each process holds its own; the memory a process holds is the cache, the catalogue (10 bytes a
-  piece) and one epoch's piece permutation (4 bytes a piece), whatever the shard, block or piece sizes.
+- A bounded cache of decoded pieces: one buffer of `data.cache_mb` filled as a ring, the oldest piece out first
+  (`_Slab`), the only thing that grows while streaming, and only up to its size. Each process holds its own; the
+  memory a process holds is the cache, the catalogue (10 bytes a piece), one epoch's piece permutation (4 bytes a
+  piece) and the batches in flight, whatever the shard, block or piece sizes.
 - A two-level shuffle that a bounded cache can serve. The split's pieces are permuted (`default_rng([seed, epoch])`)
   and cut, in that order, into pools of about `data.shuffle_mb` of decoded notes (a fixed number of pieces per pool,
   from the split's mean piece size). The epoch is pool after pool, each pool a permutation (`default_rng([seed,
@@ -35,9 +36,11 @@ by the DataLoader; nothing waits on a dead worker.
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import os
 import zlib
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -56,10 +59,24 @@ if TYPE_CHECKING:
 # splitmix64 constants: a fast, well-mixed integer hash, vectorised in numpy uint64 (wrap-around is intended).
 _GOLDEN, _MIX1, _MIX2 = np.uint64(0x9E3779B97F4A7C15), np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB)
 # Decoded bytes a note costs in the cache (the note, its replay flag, the contiguous starts and the running max end)
-# and a piece beyond its notes (the Python objects around its arrays): what `data.cache_mb` and the pools count.
+# and a piece beyond its notes (the Python objects around its arrays, outside the cache's buffer): what the pools
+# count.
 NOTE_COST = NOTE_DTYPE.itemsize + 1 + 4 + 4
 PIECE_COST = 1024
 _OPEN_SHARDS = 64  # file descriptors a worker keeps open
+_TRIM_EVERY = 256 * 2**20  # bytes of batches between two malloc_trim calls: ~1 ms each, a fraction of a percent
+
+
+def _libc():
+    """glibc, for malloc_trim; None elsewhere (musl, macOS)."""
+    try:
+        lib = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        return lib if hasattr(lib, "malloc_trim") else None
+    except OSError:
+        return None
+
+
+_LIBC = _libc()
 
 
 def _mix(x: np.ndarray) -> np.ndarray:
@@ -152,10 +169,12 @@ class Order:
             lo, hi = b * self.per_pool, min(self.cat.count, (b + 1) * self.per_pool)
             pieces = self.perm[lo:hi].astype(np.int64)
             first = np.concatenate([[0], np.cumsum(self.cat.windows(pieces))])
-            perm = (np.random.default_rng([self.seed, self.epoch, b]).permutation(int(first[-1]))
-                    if self.shuffle else None)
+            perm = None
+            if self.shuffle:  # held as int32 (a pool has far fewer than 2^31 windows): half the memory
+                perm = np.random.default_rng([self.seed, self.epoch, b]).permutation(int(first[-1]))
+                perm = perm.astype(np.int32) if len(perm) < 2**31 else perm
             self._cache[b] = _Pool(pieces, first, perm)
-            while len(self._cache) > 3:
+            while len(self._cache) > 2:  # the current pool and the next (a batch may straddle them)
                 self._cache.popitem(last=False)
         return self._cache[b]
 
@@ -214,15 +233,63 @@ class ValPlan:
 class _Piece:
     """A decoded piece with what cutting its windows needs; arrays are contiguous for searchsorted."""
 
-    __slots__ = ("notes", "replay", "starts", "max_end", "cost")
+    __slots__ = ("notes", "replay", "starts", "max_end")
 
-    def __init__(self, notes: np.ndarray):
-        self.notes = notes
-        self.replay = replay_flags(notes)
-        self.starts = np.ascontiguousarray(notes["start"])
+    def __init__(self, notes: np.ndarray, replay: np.ndarray, starts: np.ndarray, max_end: np.ndarray):
+        self.notes, self.replay, self.starts = notes, replay, starts
         # Running max of note ends: notes before the first index where it exceeds step t have all ended by t.
-        self.max_end = np.maximum.accumulate(notes["end"]) if len(notes) else np.zeros(0, dtype=np.uint32)
-        self.cost = len(notes) * NOTE_COST + PIECE_COST
+        self.max_end = max_end
+
+
+class _Slab:
+    """The memory of the decoded-piece cache: one buffer of `data.cache_mb`, filled as a ring, the oldest piece out
+    first (with pools read in order, the oldest is the least recently needed).
+
+    Why not a dict of numpy arrays: long-lived piece arrays in the malloc heap, between the batch buffers that come and
+    go, fragment it, and the process grew to 5x its cache over 500k windows (docs/benchmarks.md). In one buffer the
+    cache costs exactly its size, and the heap holds only short-lived things."""
+
+    def __init__(self, capacity: int):
+        self.capacity = capacity
+        self.buf = np.empty(capacity, dtype=np.uint8)  # pages are touched (and counted) as the ring first fills
+        self.head = 0
+        self.ring: deque[tuple[int, int, int]] = deque()  # (offset, size, piece), oldest first
+
+    def alloc(self, size: int, evict) -> int:
+        """Room for `size` bytes (size <= capacity): evicts (calls `evict(piece)` for) the oldest pieces in the way."""
+        if self.head + size > self.capacity:
+            while self.ring and self.ring[0][0] >= self.head:  # the last round's tail, beyond this round's head
+                evict(self.ring.popleft()[2])
+            self.head = 0
+        end = self.head + size
+        while self.ring and self.ring[0][0] >= self.head and self.ring[0][0] < end:
+            evict(self.ring.popleft()[2])
+        return self.head
+
+    def place(self, piece: int, notes: np.ndarray, evict) -> _Piece:
+        """Copy a decoded piece into the ring -> its views there. The views stay valid until the piece is evicted,
+        which only a later `place` can do."""
+        k = len(notes)
+        size = -(-(NOTE_COST * k) // 8) * 8  # starts (4k) | max_end (4k) | notes (10k) | replay (k); 8-aligned
+        o = self.alloc(size, evict)
+        self.ring.append((o, size, piece))
+        self.head = o + size
+        buf = self.buf
+        starts = buf[o : o + 4 * k].view(np.uint32)
+        max_end = buf[o + 4 * k : o + 8 * k].view(np.uint32)
+        rows = buf[o + 8 * k : o + 18 * k].view(NOTE_DTYPE)
+        replay = buf[o + 18 * k : o + 19 * k].view(np.bool_)
+        rows[:] = notes
+        starts[:] = notes["start"]
+        np.maximum.accumulate(notes["end"], out=max_end)
+        replay[:] = replay_flags(notes)
+        return _Piece(rows, replay, starts, max_end)
+
+
+def _standalone(notes: np.ndarray) -> _Piece:
+    """A decoded piece outside the cache (one larger than the whole cache, or with no notes)."""
+    max_end = np.maximum.accumulate(notes["end"]) if len(notes) else np.zeros(0, dtype=np.uint32)
+    return _Piece(notes, replay_flags(notes), np.ascontiguousarray(notes["start"]), max_end)
 
 
 class _WriterBug(ShardError):
@@ -238,14 +305,15 @@ class WindowSource:
         self.cat, self.order, self.rcfg, self.cfg = cat, order, rcfg, cfg
         self.num_styles, self.transpose = num_styles, cfg.transpose if augment else 0
         self.group_prob = cfg.group_style if augment else 0.0  # training windows only; validation keeps the leaf
-        self.capacity = int(cfg.cache_mb * 2**20)
-        self.cache: OrderedDict[int, _Piece] = OrderedDict()  # split-local piece -> decoded, least recent first
-        self.cached = 0  # bytes the cache holds (NOTE_COST, PIECE_COST)
+        self.slab: _Slab | None = None  # made at the first piece: a worker that reads nothing allocates nothing
+        self.cache: dict[int, _Piece] = {}  # split-local piece -> decoded, views into the slab
         self.fds: OrderedDict[int, int] = OrderedDict()  # manifest shard index -> open file
         self.bad_pieces: dict[int, str] = {}
         self.bad_shards: dict[int, str] = {}  # manifest shard index -> reason (file missing or of the wrong size)
         self.unreported: list[str] = []
         self.read_bytes = 0  # piece bytes read from shards (the index records are 26 bytes a piece more)
+        self.in_worker = get_worker_info() is not None
+        self._since_trim = 0  # bytes of batches allocated since the heap was last trimmed
 
     def close(self) -> None:
         for fd in self.fds.values():
@@ -277,8 +345,8 @@ class WindowSource:
             os.close(self.fds.popitem(last=False)[1])
         return fd
 
-    def _read(self, piece: int) -> _Piece:
-        """Read, verify and decode one piece (split-local index)."""
+    def _read(self, piece: int) -> np.ndarray:
+        """Read, verify and decode one piece (split-local index) -> its notes."""
         s, k = self.cat.shard_of(piece)
         rec = self.cat.table.records(np.array([self.cat.lo + piece]))[0]
         path = self.cat.dir / self.cat.all_shards[s].name
@@ -304,18 +372,17 @@ class WindowSource:
         if steps != int(rec["steps"]) or len(notes) != int(rec["notes"]):
             raise _WriterBug(f"{where}: {len(notes)} notes over {steps} steps, the piece index says "
                              f"{int(rec['notes'])} over {int(rec['steps'])}")
-        return _Piece(notes)
+        return notes
 
     def _piece(self, piece: int) -> _Piece | None:
         """The decoded piece, from the cache or read; None for a bad piece in skip mode."""
         p = self.cache.get(piece)
         if p is not None:
-            self.cache.move_to_end(piece)
             return p
         if piece in self.bad_pieces:
             return None
         try:
-            p = self._read(piece)
+            notes = self._read(piece)
         except _WriterBug:
             raise
         except ShardError as e:
@@ -325,10 +392,12 @@ class WindowSource:
             name = self.cat.all_shards[self.cat.shard_of(piece)[0]].name
             self.unreported.append(name + "\t" + str(e))
             return None
-        self.cache[piece] = p
-        self.cached += p.cost
-        while self.cached > self.capacity and len(self.cache) > 1:
-            self.cached -= self.cache.popitem(last=False)[1].cost
+        capacity = int(self.cfg.cache_mb * 2**20)
+        if not 0 < NOTE_COST * len(notes) <= capacity:
+            return _standalone(notes)  # used for this window, read again when needed
+        if self.slab is None:
+            self.slab = _Slab(capacity)
+        p = self.cache[piece] = self.slab.place(piece, notes, self.cache.pop)
         return p
 
     def _replacement(self, position: int) -> tuple[int, int, _Piece]:
@@ -342,24 +411,43 @@ class WindowSource:
         raise ShardError(f"no readable piece in split {self.cat.split!r} of {self.cat.dir}: "
                          + "; ".join(sorted(set(self.bad_pieces.values()))[:3]))
 
+    def _trim(self, nbytes: int) -> None:
+        """Give the heap's free pages back to the OS after every _TRIM_EVERY bytes of batches. Batches of a few MB
+        come and go between long-lived allocations; glibc keeps the holes they leave resident, and a process grew by
+        ~90 MB over its cache without this (docs/benchmarks.md). A no-op where the C library has no malloc_trim."""
+        self._since_trim += nbytes
+        if self._since_trim >= _TRIM_EVERY and _LIBC is not None:
+            self._since_trim = 0
+            _LIBC.malloc_trim(0)
+
     # -- cutting --------------------------------------------------------------------------------------------
     def batch(self, positions: np.ndarray) -> dict[str, Any]:
         piece, start = self.order.lookup(positions)
         n_win, length = len(positions), self.cfg.seq_len
-        notes = torch.empty((n_win, length + 1, self.rcfg.num_notes, 3))  # (B, L+1, N, 3): steps [s-1, s+L)
+        shape = (n_win, length + 1, self.rcfg.num_notes, 3)  # (B, L+1, N, 3): steps [s-1, s+L)
+        if self.in_worker:
+            # Filled in shared memory, the batch goes to the trainer as it is; otherwise the DataLoader would copy it
+            # there, after a heap buffer that comes and goes with every batch.
+            notes = torch.empty(shape).share_memory_()
+        else:
+            # numpy's plain malloc, not torch's 64-byte-aligned one: glibc reuses the freed buffer of a batch for the
+            # next of the same size, where an aligned request, slightly larger, never fits the hole and the heap grows
+            # by a batch each time until trimmed.
+            notes = torch.from_numpy(np.empty(shape, dtype=np.float32))
+        self._trim(notes.nbytes)
         buf = notes.numpy()
         shifts = np.zeros(n_win, dtype=np.int64)
         read0 = self.read_bytes
-        decoded = []
-        for j in range(n_win):
-            p = self._piece(int(piece[j]))
-            if p is None:
-                piece[j], start[j], p = self._replacement(int(positions[j]))
-            decoded.append(p)
         key = piece * 2**32 + start  # (B,) a window's identity for its random draws: (piece, start) < (2^31, 2^24)
         hashes = _window_hash(self.order.seed, self.order.epoch, key)
         for j in range(n_win):
-            shifts[j] = self._cut(decoded[j], int(start[j]), hashes[j], buf[j])
+            # Each window is cut right after its piece is found: placing the next piece may evict this one.
+            p = self._piece(int(piece[j]))
+            if p is None:
+                piece[j], start[j], p = self._replacement(int(positions[j]))
+                key[j] = piece[j] * 2**32 + start[j]
+                hashes[j] = _window_hash(self.order.seed, self.order.epoch, key[j : j + 1])[0]
+            shifts[j] = self._cut(p, int(start[j]), hashes[j], buf[j])
         beat = (start[:, None] + np.arange(length)[None, :]) % STEPS_PER_BAR  # (B, L): beat of target step t
         style = torch.zeros((n_win, self.num_styles))
         styles = self.cat.piece_style[piece].astype(np.int64)
