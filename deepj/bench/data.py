@@ -284,9 +284,12 @@ def _children_cpu_s() -> float:
 def _loader_child(run: LoaderRun, queue) -> None:
     """In a fresh (spawned) process: stream windows, report rates, CPU per window and RSS high-water marks.
 
-    The wait for each epoch's first batch (worker start-up, first block read) is left out of the timed segments
+    The wait for each epoch's first batch (worker start-up, first pieces read) is left out of the timed segments
     and reported as `startup_s`; the loader pays it once per epoch, not per window."""
     try:
+        # A spawned process would spawn its DataLoader workers too (seconds of imports per epoch); a training rank
+        # forks them, and so do these runs.
+        mp.set_start_method("fork", force=True)
         import torch
 
         from deepj.data.loader import DataConfig, StreamingLoader
