@@ -152,6 +152,10 @@ class PieceTable:
 
     __hash__ = None  # mutable arrays inside
 
+    def __del__(self) -> None:
+        if self._fd is not None and self._fd_pid == os.getpid():
+            os.close(self._fd)
+
     def __getstate__(self) -> dict[str, Any]:  # a spawned DataLoader worker opens the file itself
         return {**self.__dict__, "_fd": None, "_fd_pid": -1}
 
@@ -163,7 +167,10 @@ class PieceTable:
         if self._fd is None or self._fd_pid != os.getpid():  # a forked worker must not share the parent's offset
             self._fd, self._fd_pid = os.open(self.file, os.O_RDONLY), os.getpid()
         size = PIECE_DTYPE.itemsize
-        raw = b"".join(os.pread(self._fd, size, self._data_offset + int(i) * size) for i in idx)
+        if len(idx) > 1 and idx[-1] - idx[0] == len(idx) - 1 and (np.diff(idx) == 1).all():  # a range: one read
+            raw = os.pread(self._fd, size * len(idx), self._data_offset + int(idx[0]) * size)
+        else:
+            raw = b"".join(os.pread(self._fd, size, self._data_offset + int(i) * size) for i in idx)
         if len(raw) != size * len(idx):
             raise ShardError(f"{self.file}: ends inside the records of pieces {idx.tolist()[:5]} (truncated index)")
         return np.frombuffer(raw, dtype=PIECE_DTYPE)
