@@ -416,7 +416,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--workers-list", default="0,1,2", help="DataLoader worker counts to measure")
     ap.add_argument("--shard-size-mb", type=finite_float(0, lo_open=True), default=0.1,
                     help="shard size of the benchmark's preprocessing (small, so that the demo's train split spans "
-                    "more than one 8-shard shuffle block and the 1x/10x RSS comparison is not just a bigger block)")
+                    "several shards)")
     ap.add_argument("--min-steps", type=int, default=32, help="preprocess --min-steps")
     ap.add_argument("--keep", type=Path, default=None, help="work in this folder and keep it (default: a temp folder)")
     args = ap.parse_args(argv)

@@ -202,8 +202,8 @@ class StreamingLoader:
                              f"stride {cfg.stride}), fewer than one global batch {global_batch}; lower the batch or "
                              "the stride")
         self.global_batch, self.accumulation = global_batch, accumulation
-        # Fail at start, not hours in, on a shard that is plainly missing or of the wrong size (checksums are checked
-        # as blocks are read). In skip mode such shards are skipped when read, unless none is left to read.
+        # Fail at start, not hours in, on a shard that is plainly missing or of the wrong size (each piece's crc32 is
+        # checked when it is read). In skip mode such shards are skipped when read, unless none is left to read.
         problems = shard_file_problems(self.manifest, split)
         if problems and (cfg.on_error == "raise" or len(problems) == len(self._cat.shards)):
             raise ShardError("; ".join(problems[:5]) + (f" (and {len(problems) - 5} more)" if len(problems) > 5 else "")

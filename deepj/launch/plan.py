@@ -240,14 +240,12 @@ def make_plan(cfg, *, nodes: int = 1, gpus_per_node: int = 1, gpu_memory_bytes: 
         readers = world * max(cfg.data.workers, 1)
         data = {"train": train, "val": val, "steps_per_epoch": steps_per_epoch, "readers": readers,
                 "epochs": tcfg.max_steps / steps_per_epoch if steps_per_epoch else None,
+                # Each reader reads the pieces its windows come from, once per pool: at most the split, and the split
+                # once per reader when every piece has windows on every reader (long pieces, few pools).
                 "reads_per_epoch_bytes": readers * train["bytes"]}
         if train["windows"] < tcfg.global_batch:
             errors.append(f"the train split has {train['windows']} windows, fewer than one global batch "
                             f"({tcfg.global_batch}): deepj.train will refuse to start")
-        if train["shards"] < readers:
-            warnings.append(f"{train['shards']} train shard(s) for {readers} readers (ranks x data.workers): fine for "
-                            "deepj's loader (every reader reads every block and keeps only its own windows), but "
-                            "each shard is read by all of them")
         val_need = tcfg.val_batches * tcfg.micro_batch * world
         if val["shards"] == 0:
             warnings.append("no val shards: validation will fail (re-run preprocess with --val-fraction > 0)")
@@ -320,8 +318,8 @@ def format_plan(plan: dict[str, Any]) -> str:
                      " windows")
         epochs = f"{d['epochs']:.2f}" if d["epochs"] is not None else "n/a"
         lines.append(f"steps per epoch: {d['steps_per_epoch']:,} ({epochs} epochs in train.max_steps)")
-        lines.append(f"shards vs readers: {d['train']['shards']} train shard(s), {d['readers']} reader(s) "
-                     f"(ranks x max(data.workers, 1)); {_mb(d['reads_per_epoch_bytes'])} read per epoch")
+        lines.append(f"readers: {d['readers']} (ranks x max(data.workers, 1)), each reading the pieces of its own "
+                     f"windows: at most {_mb(d['reads_per_epoch_bytes'])} read per epoch in all")
     how = "measured" if ck["measured"] else "assumed"
     lines.append(f"checkpoint: {_mb(ck['bytes'])} every {ck['every']} steps (keep {ck['keep']}); "
                  f"~{ck['write_s']:.1f} s to write at {ck['write_bps'] / 1e6:.0f} MB/s ({how} at {ck['folder']})")
