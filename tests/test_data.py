@@ -5,8 +5,11 @@ keep it fast."""
 from __future__ import annotations
 
 import contextlib
+import os
 import shutil
 import signal
+import subprocess
+import sys
 import warnings
 from pathlib import Path
 
@@ -543,3 +546,32 @@ def test_group_style_trains_the_group_mixtures(tmp_path):
         assert torch.equal(b["style"].max(1).values, torch.ones(8))  # one-hots only
     with pytest.raises(ConfigError, match="data.group_style"):
         cfg_for(d, group_style=1.5)
+
+
+SPAWNED = """
+import multiprocessing as mp, sys
+import torch
+from deepj.data.loader import DataConfig, StreamingLoader
+if __name__ == "__main__":
+    mp.set_start_method("spawn", force=True)
+    loaders = [StreamingLoader(DataConfig(dir=sys.argv[1], seq_len=8, stride=4, shuffle_mb=0.02, workers=w),
+                               micro_batch=4, global_batch=4, seed=2) for w in (1, 0)]
+    runs = [list(ld) for ld in loaders]
+    assert len(runs[0]) == len(runs[1]) > 10
+    for a, b in zip(*runs):
+        assert torch.equal(a["notes"], b["notes"]) and torch.equal(a["window"], b["window"])
+    print("same", loaders[0].bytes_read == loaders[1].bytes_read)
+"""
+
+
+@pytest.mark.slow
+def test_spawned_workers_give_the_same_batches(corpus, tmp_path):
+    """Where DataLoader workers are spawned, not forked (macOS; Python 3.14's forkserver default on Linux), the
+    catalogue, the order and the piece index travel to them pickled; the batches are those of the trainer's process."""
+    d, _, _ = corpus
+    script = tmp_path / "spawned.py"
+    script.write_text(SPAWNED)
+    repo = Path(__file__).resolve().parents[1]
+    res = subprocess.run([sys.executable, str(script), str(d)], capture_output=True, text=True, timeout=300,
+                         env={**os.environ, "PYTHONPATH": str(repo)})
+    assert res.returncode == 0 and "same True" in res.stdout, res.stdout + res.stderr[-3000:]
