@@ -141,6 +141,13 @@ def _open_spool(staging: str) -> None:
     _spool = open(Path(staging) / f"{SPOOL_PREFIX}{os.getpid()}.tmp", "ab", buffering=0)
 
 
+def _close_spool() -> None:
+    global _spool
+    if _spool is not None:
+        _spool.close()
+        _spool = None
+
+
 def _work(task: tuple[str, int, int, int, str, int, float, int]) -> tuple[bool, Any]:
     """Pool worker: -> (True, (spool file, offset, length, steps, notes)) or (False, (reason, detail)). The encoded
     notes go to this process's spool; only their place crosses the process boundary."""
@@ -276,6 +283,7 @@ def _read_all(corpus: Corpus, settings: Settings, pool, workers: int, staging: P
             bar.update(1)
     finally:
         bar.close()
+        _close_spool()  # this process's, when it read alone (a pool's workers end with the pool)
     return written, skipped
 
 

@@ -357,3 +357,14 @@ def test_a_format_1_folder_is_refused_then_upgraded_in_place(tmp_path):
     assert upgraded == new and upgraded.hash == new.hash
     assert {k: v for k, v in sha_all(out).items() if k.endswith(".tar")} == shards
     assert preprocess_merge.main(["upgrade", str(out)]) == 2  # format 2 already: refused, nothing changed
+
+
+def test_a_run_in_one_process_leaves_no_file_open(tmp_path):
+    """With --workers 1 the main process reads and spools the pieces itself; its spool file is closed when the run
+    ends (it was left open, holding the deleted spool's disk space, once per run)."""
+    src = tmp_path / "midi"
+    make_tree(src)
+    before = sorted(os.listdir("/proc/self/fd"))
+    for k in range(2):
+        assert run(src, tmp_path / f"out{k}") == 0
+    assert sorted(os.listdir("/proc/self/fd")) == before
