@@ -49,11 +49,13 @@ def start_torchrun(run_args: list[str], nproc: int = 2, port: int | None = None,
                             env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}, start_new_session=True)
 
 
-def wait_for(path: Path, proc: subprocess.Popen, timeout: float = 300) -> None:
+def wait_for(path: Path, proc: subprocess.Popen, timeout: float = 300, log: Path | None = None) -> None:
+    """Until `path` exists; fails if the job ends first (with its output: `log`, or its stdout pipe) or times out."""
     t0 = time.time()
     while not path.exists():
         if proc.poll() is not None:
-            raise AssertionError(f"job ended before {path} appeared:\n{proc.stdout.read()[-3000:]}")
+            out = log.read_text() if log is not None else proc.stdout.read()
+            raise AssertionError(f"job ended ({proc.returncode}) before {path} appeared:\n{out[-3000:]}")
         if time.time() - t0 > timeout:
             raise AssertionError(f"{path} did not appear within {timeout} s")
         time.sleep(0.05)

@@ -21,6 +21,7 @@ import psutil
 import pytest
 import torch
 from conftest import REPO, run_cli
+from test_fault_tolerance import wait_for
 from test_train import free_port, read_tb, torchrun
 
 from deepj.data.manifest import Manifest, PieceTable
@@ -54,16 +55,6 @@ def start_torchrun(shards: Path, run: Path, log: Path, *extra: str) -> subproces
     return start([sys.executable, "-m", "torch.distributed.run", "--nnodes=1", "--nproc_per_node=2",
                   "--rdzv-backend=c10d", f"--rdzv-endpoint=127.0.0.1:{free_port()}", "-m", "deepj.train", *BASE,
                   f"data.dir={shards}", f"run.dir={run}", *extra], log)
-
-
-def wait_for(path: Path, proc: subprocess.Popen, log: Path, timeout: float = 300) -> None:
-    t0 = time.time()
-    while not path.exists():
-        if proc.poll() is not None:
-            raise AssertionError(f"ended ({proc.returncode}) before {path} appeared:\n{log.read_text()[-3000:]}")
-        if time.time() - t0 > timeout:
-            raise AssertionError(f"{path} did not appear within {timeout} s")
-        time.sleep(0.05)
 
 
 def finish(proc: subprocess.Popen, log: Path, timeout: float = 180) -> str:
@@ -169,7 +160,7 @@ def test_second_training_on_a_busy_run_dir_is_refused_and_kill_9_leaves_no_stale
     run, log = tmp_path / "run", tmp_path / "first.log"
     first = start_train(tiny_shards, run, log, "train.max_steps=100000", "checkpoint.every=4")
     try:
-        wait_for(run / "step-00000004", first, log)
+        wait_for(run / "step-00000004", first, log=log)
         res = train(tiny_shards, run, "train.max_steps=8")
         assert res.returncode == 2, output(res)[-3000:]
         assert f"pid {first.pid} on {socket.gethostname()}" in res.stdout and "in use by another training" in res.stdout
@@ -267,7 +258,7 @@ def test_flipped_byte_in_newest_checkpoint_falls_back_to_the_previous(tiny_shard
 def test_sigint_saves_exits_75_and_resumes(tiny_shards, tmp_path):
     run, log = tmp_path / "run", tmp_path / "train.log"
     proc = start_train(tiny_shards, run, log, "train.max_steps=100000", "checkpoint.every=4")
-    wait_for(run / "step-00000004", proc, log)
+    wait_for(run / "step-00000004", proc, log=log)
     os.kill(proc.pid, signal.SIGINT)
     out = finish(proc, log)
     assert proc.returncode == 75, out[-3000:]
@@ -344,7 +335,7 @@ def test_sigint_to_torchrun_saves_every_rank_at_the_same_step(tiny_shards, tmp_p
     run, log = tmp_path / "run", tmp_path / "torchrun.log"
     proc = start_torchrun(tiny_shards, run, log, "train.max_steps=100000", "checkpoint.every=4")
     try:
-        wait_for(run / "step-00000004", proc, log)
+        wait_for(run / "step-00000004", proc, log=log)
         rank_pids(proc)  # the workers are up
         os.kill(proc.pid, signal.SIGINT)
         out = finish(proc, log)
@@ -367,7 +358,7 @@ def test_sigkill_of_torchrun_leaves_no_rank_training(tiny_shards, tmp_path):
     proc = start_torchrun(tiny_shards, run, log, "train.max_steps=100000", "checkpoint.every=4")
     pids: dict[int, int] = {}
     try:
-        wait_for(run / "step-00000004", proc, log)
+        wait_for(run / "step-00000004", proc, log=log)
         pids = rank_pids(proc)
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait(timeout=30)

@@ -56,6 +56,14 @@ class DataConfig:
     # baroque` asks for that mixture; without this the model never sees it in training (the paper's setting, 0).
     group_style: float = 0.0
 
+    @property
+    def pool_bytes(self) -> int:
+        return int(self.shuffle_mb * 2**20)
+
+    @property
+    def cache_bytes(self) -> int:
+        return int(self.cache_mb * 2**20)
+
     def __post_init__(self) -> None:
         for key in ("seq_len", "stride"):
             if getattr(self, key) < 1:
@@ -233,13 +241,10 @@ class StreamingLoader:
     def order(self, epoch: int) -> np.ndarray:
         """The epoch's global window order as window ids (windows numbered piece after piece in split order;
         O(total windows) memory, for tests and debugging)."""
-        piece, start = Order(self._cat, self.seed, epoch, self.shuffle, self.pool_bytes).lookup(
+        piece, start = Order(self._cat, self.seed, epoch, self.shuffle, self.cfg.pool_bytes).lookup(
             np.arange(self._cat.total))
         return self._cat.window_ids(piece, start)
 
-    @property
-    def pool_bytes(self) -> int:
-        return int(self.cfg.shuffle_mb * 2**20)
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         # A generator: nothing below runs before the first next(), so an iterator made before load_state_dict
@@ -248,7 +253,7 @@ class StreamingLoader:
         generation, epoch, remaining = self._generation, self.epoch, len(self)
         plan = TrainPlan(self._consumed, self.global_batch, self.accumulation, self.micro_batch, self.rank,
                           self._micro, remaining)
-        order = Order(self._cat, self.seed, epoch, self.shuffle, self.pool_bytes)
+        order = Order(self._cat, self.seed, epoch, self.shuffle, self.cfg.pool_bytes)
         ds = MicroBatches(self._cat, order, self.repr_cfg, self.cfg, self.num_styles, self.augment, plan)
         done = 0
         for batch in _stream(ds, self.cfg.workers, self.skipped_shards, self.pin_memory, self._read):
@@ -326,6 +331,6 @@ def validation_batches(cfg: DataConfig, *, micro_batch: int, rank: int, world_si
     if cat.total == 0 and num_batches:
         raise ShardError(f"split {split!r} of {manifest.path} has no pieces, so no validation windows")
     plan = ValPlan(num_batches, micro_batch, rank, world_size, cat.total)
-    ds = MicroBatches(cat, Order(cat, 0, 0, False, int(cfg.shuffle_mb * 2**20)), manifest.representation, cfg,
+    ds = MicroBatches(cat, Order(cat, 0, 0, False, cfg.pool_bytes), manifest.representation, cfg,
                        manifest.styles.num_styles, False, plan)
     return _stream(ds, cfg.workers, {})

@@ -392,11 +392,10 @@ class WindowSource:
             name = self.cat.all_shards[self.cat.shard_of(piece)[0]].name
             self.unreported.append(name + "\t" + str(e))
             return None
-        capacity = int(self.cfg.cache_mb * 2**20)
-        if not 0 < NOTE_COST * len(notes) <= capacity:
+        if not 0 < NOTE_COST * len(notes) <= self.cfg.cache_bytes:
             return _standalone(notes)  # used for this window, read again when needed
         if self.slab is None:
-            self.slab = _Slab(capacity)
+            self.slab = _Slab(self.cfg.cache_bytes)
         p = self.cache[piece] = self.slab.place(piece, notes, self.cache.pop)
         return p
 

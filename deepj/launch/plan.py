@@ -123,7 +123,7 @@ def loader_worker_memory(manifest: Manifest | None, data_cfg, micro_batch: int, 
     """
     b, length = micro_batch, data_cfg.seq_len
     batch = b * (length + 1) * num_notes * 3 * 4 + b * length * 8 + b * num_styles * 4 + b * 3 * 8
-    cache = data_cfg.cache_mb * 2**20
+    cache = data_cfg.cache_bytes
     if manifest is not None:
         train = [s for s in manifest.shards if s.split == "train"]
         pieces = sum(s.pieces for s in train)
