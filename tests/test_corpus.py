@@ -14,7 +14,8 @@ import pytest
 
 from deepj.corpus import CorpusError, Piece, open_corpus
 from deepj.corpus.folder import read_folder
-from deepj.corpus.maestro import COMPOSER_PERIODS, composer_slug, load_periods, read_maestro
+from deepj.corpus.maestro import read_maestro
+from deepj.corpus.periods import COMPOSER_PERIODS, PeriodsError, composer_slug, load_periods
 
 MAESTRO_CSV = Path(__file__).resolve().parents[2] / "shared" / "data" / "maestro" / "maestro-v3.0.0.csv"
 if not MAESTRO_CSV.is_file():  # the checkout may live elsewhere; the shared data folder does not move
@@ -143,8 +144,10 @@ def test_maestro_bad_csv(tmp_path):
         read_maestro(split)
     periods = tmp_path / "p.json"
     periods.write_text('{"chopin": "a/b"}')
-    with pytest.raises(CorpusError, match="must be a plain name"):
+    with pytest.raises(PeriodsError, match="must be a plain name"):
         load_periods(periods)
+    with pytest.raises(CorpusError, match="must be a plain name"):
+        read_maestro(split, periods)
 
 
 # --------------------------------------------------------------------------------------------------- demo

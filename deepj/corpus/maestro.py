@@ -11,98 +11,20 @@ A composer in neither gets the period `other` and is listed in the report.
 from __future__ import annotations
 
 import csv
-import json
-import re
-import unicodedata
 from collections import Counter
 from pathlib import Path
 
 from deepj.corpus import Corpus, CorpusError, Piece
+from deepj.corpus.periods import PeriodsError, PeriodTable
 
 REQUIRED_COLUMNS = ("canonical_composer", "split", "midi_filename")
 SPLIT_NAMES = {"train": "train", "validation": "val", "val": "val", "test": "test"}
-UNKNOWN_PERIOD = "other"
-
-# Composer slug -> period. Periods follow the DeepJ paper where it placed a composer (it put Beethoven with the
-# classical composers and Debussy with the romantic ones); otherwise by the style of the works, not birth year alone:
-# late-romantic Russians (Rachmaninoff, Medtner, Scriabin) are romantic, 20th-century idioms (Berg, Janacek,
-# Enescu, Grainger) are modern. Gibbons (d. 1625) and Soler (Scarlatti's pupil) are grouped with the baroque
-# keyboard music they resemble. Arrangers (Liszt, Busoni, Godowsky ...) are listed too, for overrides that name them.
-COMPOSER_PERIODS: dict[str, str] = {
-    # baroque
-    "bach": "baroque", "gibbons": "baroque", "handel": "baroque", "pachelbel": "baroque", "purcell": "baroque",
-    "rameau": "baroque", "scarlatti": "baroque", "soler": "baroque", "couperin": "baroque", "vivaldi": "baroque",
-    "telemann": "baroque", "corelli": "baroque", "buxtehude": "baroque", "frescobaldi": "baroque",
-    # classical
-    "beethoven": "classical", "clementi": "classical", "fischer": "classical", "haydn": "classical",
-    "mozart": "classical", "burgmuller": "classical", "hummel": "classical", "dussek": "classical",
-    # romantic
-    "albeniz": "romantic", "balakirev": "romantic", "bizet": "romantic", "brahms": "romantic", "chopin": "romantic",
-    "debussy": "romantic", "franck": "romantic", "glinka": "romantic", "gounod": "romantic", "grieg": "romantic",
-    "kreisler": "romantic", "liszt": "romantic", "medtner": "romantic", "mendelssohn": "romantic",
-    "mussorgsky": "romantic", "paganini": "romantic", "rachmaninoff": "romantic", "rimsky-korsakov": "romantic",
-    "schubert": "romantic", "schumann": "romantic", "scriabin": "romantic", "strauss": "romantic",
-    "tchaikovsky": "romantic", "verdi": "romantic", "wagner": "romantic", "weber": "romantic", "borodin": "romantic",
-    "moszkowski": "romantic", "saint-saens": "romantic", "dvorak": "romantic", "faure": "romantic",
-    "godowsky": "romantic", "busoni": "romantic", "grunfeld": "romantic",
-    # modern
-    "berg": "modern", "enescu": "modern", "grainger": "modern", "janacek": "modern", "ravel": "modern",
-    "prokofiev": "modern", "shostakovich": "modern", "stravinsky": "modern", "bartok": "modern", "satie": "modern",
-    "schoenberg": "modern", "gershwin": "modern", "joplin": "modern", "messiaen": "modern",
-    # 20th-century pianist-arrangers (in MAESTRO only after a "/"; here for overrides and completeness)
-    "cziffra": "modern", "gryaznov": "modern", "hess": "modern", "horowitz": "modern", "petri": "modern",
-    "pletnev": "modern",
-}
-
-# Letters NFKD does not split into an ASCII base letter and a mark.
-_FOLD = str.maketrans({"ø": "o", "Ø": "O", "ß": "ss", "ł": "l", "Ł": "L", "æ": "ae", "Æ": "AE", "œ": "oe",
-                       "Œ": "OE", "đ": "d", "Đ": "D", "ð": "d", "þ": "th"})
-
-
-def ascii_fold(text: str) -> str:
-    text = unicodedata.normalize("NFKD", text.translate(_FOLD))
-    return text.encode("ascii", "ignore").decode("ascii")
-
-
-def composer_slug(name: str) -> str:
-    """'Sergei Rachmaninoff / György Cziffra' -> 'rachmaninoff': the last name of the first listed composer."""
-    first = name.split("/")[0].strip()
-    words = ascii_fold(first).lower().split()
-    if not words:
-        return "unknown"
-    slug = re.sub(r"[^a-z0-9-]+", "", words[-1]).strip("-")
-    return slug or "unknown"
-
-
-def load_periods(path: str | Path | None) -> dict[str, str]:
-    """A JSON object {"Composer Name" or "slug": "period"} -> {slug: period}."""
-    if path is None:
-        return {}
-    path = Path(path)
-    try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
-    except OSError as e:
-        raise CorpusError(f"cannot read periods file {path}: {e.strerror or e}") from None
-    except json.JSONDecodeError as e:
-        raise CorpusError(f"periods file {path} is not valid JSON: {e}") from None
-    if not isinstance(raw, dict):
-        raise CorpusError(f"periods file {path} must hold a JSON object {{\"composer\": \"period\"}}")
-    out: dict[str, str] = {}
-    for composer, period in raw.items():
-        if not isinstance(period, str) or not re.fullmatch(r"[a-z0-9][a-z0-9 _.-]*", period.strip().lower()):
-            raise CorpusError(f"periods file {path}: period {period!r} for {composer!r} must be a plain name "
-                              "(letters, digits, - _ .; no /)")
-        out[composer_slug(composer)] = period.strip().lower()
-    return dict(sorted(out.items()))
-
-
-def period_of(slug: str, overrides: dict[str, str]) -> str:
-    return overrides.get(slug) or COMPOSER_PERIODS.get(slug) or UNKNOWN_PERIOD
-
-
 def read_maestro(csv_path: str | Path, periods_file: str | Path | None = None) -> Corpus:
     csv_path = Path(csv_path)
-    overrides = load_periods(periods_file)
+    try:
+        table = PeriodTable.load(periods_file)
+    except PeriodsError as e:
+        raise CorpusError(str(e)) from None
     try:
         with open(csv_path, newline="", encoding="utf-8-sig") as f:
             reader = csv.DictReader(f)
@@ -136,17 +58,16 @@ def read_maestro(csv_path: str | Path, periods_file: str | Path | None = None) -
             continue
         seen.add(name)
         composer = (row.get("canonical_composer") or "").strip()
-        slug = composer_slug(composer)
-        period = period_of(slug, overrides)
-        if period == UNKNOWN_PERIOD and slug not in overrides:
+        who = table.resolve(composer)
+        if not who.known:
             unknown[composer.split("/")[0].strip() or "(empty)"] += 1
         path = root / name
         if not path.exists():
             skipped.append({"file": name, "reason": "missing", "detail": f"listed on line {line} of {csv_path.name}"})
             continue
-        pieces.append(Piece(path, f"{period}/{slug}", SPLIT_NAMES[split_raw]))
+        pieces.append(Piece(path, who.style, SPLIT_NAMES[split_raw]))
     pieces.sort(key=lambda p: p.path.as_posix())
-    report = {"unknown_composers": dict(sorted(unknown.items())), "period_overrides": overrides,
+    report = {"unknown_composers": dict(sorted(unknown.items())), "period_overrides": table.overrides,
               "rows": len(rows), "splits_listed": sorted({SPLIT_NAMES[(r.get("split") or "").strip().lower()]
                                                          for r in rows})}
     return Corpus(kind="maestro", root=root, pieces=pieces, skipped=skipped, report=report)
