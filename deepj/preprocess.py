@@ -2,10 +2,13 @@
 
     python -m deepj.preprocess INPUT OUTPUT_DIR [--workers N] [--shard-size-mb M] [--val-fraction F] [--seed S]
         [--min-steps K] [--max-steps K] [--max-silence F] [--max-file-mb M] [--min-pitch P] [--max-pitch P]
-        [--periods FILE] [--parser symusic|pretty_midi] [--force]
+        [--source auto|folder|maestro|giantmidi|atepp|aria] [--periods FILE] [--unknown-composers other|skip]
+        [--min-composer-confidence C] [--parser symusic|pretty_midi] [--no-sustain] [--sostenuto]
+        [--keep-duplicates] [--force]
 
-INPUT is a folder tree (`<period>/<composer>/*.mid`), a MAESTRO-style CSV, or the word `demo` (music21's bundled
-scores, converted once into a cache; write `./demo` for a folder called demo).
+INPUT is a folder tree (`<period>/<composer>/*.mid`), a MAESTRO or ATEPP metadata CSV, Aria-MIDI's metadata.json, a
+GiantMIDI-Piano folder (`--source giantmidi`), or the word `demo` (music21's bundled scores, converted once into a
+cache; write `./demo` for a folder called demo). Notes are read with the sustain pedal applied (deepj.music.pedal).
 
 Files are read in parallel (one process per core), each process appending the pieces it encodes to its own spool file;
 then the shards are planned from the pieces' sizes in sorted source order and written in parallel, one process per
@@ -37,7 +40,7 @@ from typing import Any
 import numpy as np
 
 from deepj import __version__
-from deepj.corpus import SPLITS, Corpus, CorpusError, open_corpus
+from deepj.corpus import SOURCES, SPLITS, Corpus, CorpusError, CorpusOptions, open_corpus
 from deepj.data.manifest import INDEX, MANIFEST, MAX_PIECE_STEPS, PIECE_DTYPE, Manifest, PieceTable, ShardEntry
 from deepj.data.shards import (
     REPORT,
@@ -88,7 +91,12 @@ class Settings:
     min_pitch: int = DEFAULT_MIN_PITCH
     max_pitch: int = DEFAULT_MAX_PITCH
     parser: str = "symusic"
-    periods: dict[str, str] = dataclasses.field(default_factory=dict)  # MAESTRO composer -> period overrides, as read
+    sustain: bool = True  # apply the sustain pedal (controller 64): performance MIDI holds notes with it
+    sostenuto: bool = False  # and the sostenuto pedal (66); Magenta's MAESTRO pipelines apply sustain only
+    keep_duplicates: bool = False  # write a piece again when its notes are an earlier one's (benchmarks' copies)
+    unknown_composers: str = "other"  # a composer the period table does not know: period `other`, or "skip"
+    min_composer_confidence: float = 0.0  # Aria-MIDI: the least audio score of a segment whose composer tag is used
+    periods: dict[str, str] = dataclasses.field(default_factory=dict)  # composer -> period overrides, as read
 
     def validate(self) -> ReprConfig:
         if not 0.0 <= self.val_fraction < 1.0:
@@ -107,7 +115,7 @@ class Settings:
         if self.parser not in ("symusic", "pretty_midi"):
             raise PreprocessError(f"--parser must be symusic or pretty_midi, got {self.parser!r}")
         try:
-            return ReprConfig(self.min_pitch, self.max_pitch)
+            return ReprConfig(self.min_pitch, self.max_pitch, sustain=self.sustain, sostenuto=self.sostenuto)
         except ValueError as e:
             raise PreprocessError(f"--min-pitch/--max-pitch: {e}") from None
 
@@ -148,13 +156,13 @@ def _close_spool() -> None:
         _spool = None
 
 
-def _work(task: tuple[str, int, int, int, str, int, float, int]) -> tuple[bool, Any]:
-    """Pool worker: -> (True, (spool file, offset, length, steps, notes)) or (False, (reason, detail)). The encoded
-    notes go to this process's spool; only their place crosses the process boundary."""
-    path, min_pitch, max_pitch, min_steps, parser, max_steps, max_silence, max_bytes = task
+def _work(task: tuple[str, ReprConfig, int, str, int, float, int]) -> tuple[bool, Any]:
+    """Pool worker: -> (True, (spool file, offset, length, steps, notes, digest)) or (False, (reason, detail)). The
+    encoded notes go to this process's spool; only their place and digest cross the process boundary."""
+    path, repr_cfg, min_steps, parser, max_steps, max_silence, max_bytes = task
     try:
-        notes = process_file(path, ReprConfig(min_pitch, max_pitch), min_steps, parser, max_steps=max_steps,
-                             max_silence=max_silence, max_bytes=max_bytes)
+        notes = process_file(path, repr_cfg, min_steps, parser, max_steps=max_steps, max_silence=max_silence,
+                             max_bytes=max_bytes)
     except MidiError as e:
         return False, (e.reason, e.detail)
     except Exception as e:  # noqa: BLE001 (a reader bug must not end a run over 100k files; reported with its type)
@@ -162,7 +170,8 @@ def _work(task: tuple[str, int, int, int, str, int, float, int]) -> tuple[bool, 
     blob = encode_notes(notes)
     offset = _spool.tell()
     _spool.write(blob)
-    return True, (Path(_spool.name).name, offset, len(blob), num_steps(notes), len(notes))
+    digest = hashlib.blake2b(blob, digest_size=16).digest()
+    return True, (Path(_spool.name).name, offset, len(blob), num_steps(notes), len(notes), digest)
 
 
 def _write_shard(task: tuple[str, str, str, list[tuple]]) -> tuple[ShardEntry, np.ndarray]:
@@ -216,15 +225,22 @@ def _write_json_atomic(path: Path, obj: Any) -> None:
     tmp.replace(path)
 
 
+# Settings an older deepj did not have, whose absence meant another behaviour than today's default.
+_BEFORE_SETTING = {"sustain": False, "keep_duplicates": True}
+
+
 def check_existing(out_dir: Path, settings: dict[str, Any], force: bool) -> None:
     """Refuse to overwrite a shard folder made with other settings (unless --force). A setting an older deepj did not
-    have (absent from its manifest) counts as this deepj's default, so a rerun with defaults is not refused."""
+    have (absent from its manifest) counts as what that deepj did: this deepj's default, so a rerun with defaults is
+    not refused, except where the default changed what is written (`_BEFORE_SETTING`: no pedal, no duplicates
+    dropped)."""
     path = out_dir / MANIFEST
     if not path.is_file() or force:
         return
     try:
         old = json.loads(path.read_text(encoding="utf-8")).get("settings", {})
-        old = {**{k: v for k, v in dataclasses.asdict(Settings()).items() if k not in old}, **old}
+        absent = {**dataclasses.asdict(Settings()), **_BEFORE_SETTING}
+        old = {**{k: v for k, v in absent.items() if k not in old}, **old}
     except (json.JSONDecodeError, UnicodeDecodeError, AttributeError, TypeError):
         raise PreprocessError(f"{path} exists but is not a readable manifest; use --force to overwrite it") from None
     diff = [k for k in sorted(set(old) | set(settings)) if old.get(k) != settings.get(k)]
@@ -249,7 +265,10 @@ def split_totals(shards: list[ShardEntry], splits) -> dict[str, Any]:
 def _read_all(corpus: Corpus, settings: Settings, pool, workers: int, staging: Path, progress: bool):
     """Read every piece (in parallel, results in source order) into the spool files.
 
-    -> written [(piece index, spool file, offset, length, steps, notes)], skipped [{"file", "reason", "detail"}]."""
+    -> written [(piece index, spool file, offset, length, steps, notes)], skipped [{"file", "reason", "detail"}].
+    A piece whose notes are those of an earlier one, byte for byte (the same file under two names, or reached
+    through two sources), is written once: the first in source order; the others are skipped as `duplicate`, so
+    that no piece is trained on twice or lands in train and val both."""
     from tqdm import tqdm
 
     written, skipped, todo = [], [], []
@@ -263,8 +282,9 @@ def _read_all(corpus: Corpus, settings: Settings, pool, workers: int, staging: P
             continue
         todo.append(i)
     max_bytes = int(settings.max_file_mb * 2**20)
-    tasks = [(str(corpus.pieces[i].path), settings.min_pitch, settings.max_pitch, settings.min_steps, settings.parser,
-              settings.max_steps, settings.max_silence, max_bytes) for i in todo]
+    repr_cfg = settings.validate()
+    tasks = [(str(corpus.pieces[i].path), repr_cfg, settings.min_steps, settings.parser, settings.max_steps,
+              settings.max_silence, max_bytes) for i in todo]
     if pool is not None:
         chunk = max(1, min(32, len(tasks) // (workers * 8)))
         results = pool.imap(_work, tasks, chunksize=chunk)
@@ -273,10 +293,15 @@ def _read_all(corpus: Corpus, settings: Settings, pool, workers: int, staging: P
         results = map(_work, tasks)
     bar = tqdm(total=len(tasks), desc="reading MIDI", unit="file", disable=not progress, file=sys.stderr,
                mininterval=1.0)
+    first: dict[bytes, int] = {}  # notes digest -> the piece that had them first
     try:
         for i, (ok, payload) in zip(todo, results):
-            if ok:
-                written.append((i, *payload))
+            if ok and payload[-1] in first and not settings.keep_duplicates:
+                skipped.append({"file": corpus.source(corpus.pieces[i]), "reason": "duplicate",
+                                "detail": f"the same notes as {corpus.source(corpus.pieces[first[payload[-1]]])}"})
+            elif ok:
+                first[payload[-1]] = i
+                written.append((i, *payload[:-1]))
             else:
                 reason, detail = payload
                 skipped.append({"file": corpus.source(corpus.pieces[i]), "reason": reason, "detail": detail})
@@ -302,7 +327,8 @@ def _write_all(plan: list[tuple[str, str, str, list[tuple]]], pool, progress: bo
 
 
 def preprocess(input_spec: str, out_dir: str | Path, settings: Settings | None = None, *, periods_file=None,
-               workers: int | None = None, force: bool = False, progress: bool = True) -> Manifest:
+               source: str = "auto", workers: int | None = None, force: bool = False,
+               progress: bool = True) -> Manifest:
     """Run the whole step; returns the manifest written. Raises PreprocessError (exit status in `.code`)."""
     t0 = time.time()
     out_dir = Path(out_dir)
@@ -313,7 +339,10 @@ def preprocess(input_spec: str, out_dir: str | Path, settings: Settings | None =
         with OutputFolder(out_dir) as folder:
             had_output = (out_dir / MANIFEST).exists()
             try:
-                corpus = open_corpus(input_spec, periods_file)
+                options = CorpusOptions(source=source, periods_file=periods_file,
+                                        unknown_composers=settings.unknown_composers,
+                                        min_composer_confidence=settings.min_composer_confidence)
+                corpus = open_corpus(input_spec, options)
             except CorpusError as e:
                 raise PreprocessError(str(e), code=2) from None
             settings = dataclasses.replace(settings, periods=dict(corpus.report.get("period_overrides", {})))
@@ -337,7 +366,8 @@ def _run(corpus: Corpus, input_spec: str, folder: OutputFolder, settings: Settin
     out_dir, staging = folder.dir, folder.staging
     check_existing(out_dir, manifest_settings, force)
     if not corpus.pieces:
-        what = "no .mid/.midi files under" if corpus.kind != "maestro" else "no existing MIDI file listed in"
+        what = ("no existing MIDI file listed in" if corpus.kind in ("maestro", "atepp", "aria")
+                else "no .mid/.midi files under")
         raise PreprocessError(f"nothing to do: {what} {input_spec}", code=1)
 
     workers = max(1, workers or os.cpu_count() or 1)
@@ -444,7 +474,8 @@ def summary(manifest: Manifest, out_dir: Path) -> str:
     report = json.loads((out_dir / REPORT).read_text(encoding="utf-8"))
     lines.append(f"  skipped {tot['files_skipped']} of {tot['files_seen']} files: {_counts_text(report['skipped'])}")
     if report.get("unknown_composers"):
-        lines.append(f"  composers with no period (style other/...): {', '.join(report['unknown_composers'])}")
+        what = "skipped" if report.get("unknown_composer_rule") == "skip" else "style other/..."
+        lines.append(f"  composers with no period ({what}): {', '.join(report['unknown_composers'])}")
     lines.append(f"  report: {out_dir / REPORT}")
     return "\n".join(lines)
 
@@ -453,7 +484,8 @@ def main(argv: list[str] | None = None) -> int:
     d = Settings()
     ap = argparse.ArgumentParser(prog="python -m deepj.preprocess", description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    ap.add_argument("input", help="a MIDI folder tree, a MAESTRO-style .csv, or the word demo")
+    ap.add_argument("input", help="a MIDI folder tree, a MAESTRO or ATEPP .csv, an Aria-MIDI metadata.json, a "
+                    "GiantMIDI-Piano folder (with --source giantmidi), or the word demo")
     ap.add_argument("output_dir", help="folder for the shards, manifest.json and report.json")
     ap.add_argument("--workers", type=int, default=None, help="reader processes (default: os.cpu_count())")
     ap.add_argument("--shard-size-mb", type=float, default=d.shard_size_mb, help="target shard size")
@@ -469,17 +501,35 @@ def main(argv: list[str] | None = None) -> int:
                     "too-large)")
     ap.add_argument("--min-pitch", type=int, default=d.min_pitch, help="lowest MIDI pitch kept (inclusive)")
     ap.add_argument("--max-pitch", type=int, default=d.max_pitch, help="highest MIDI pitch kept (exclusive)")
+    ap.add_argument("--source", choices=SOURCES, default="auto", help="what INPUT is; auto: a folder tree, a CSV by "
+                    "its columns (MAESTRO, ATEPP), a .json Aria-MIDI's metadata. GiantMIDI-Piano's folder needs "
+                    "--source giantmidi (composers come from its file names)")
     ap.add_argument("--periods", default=None, help='JSON {"composer or slug": "period"} overriding the built-in '
-                    "composer periods of a MAESTRO CSV")
+                    "composer periods (the sources that name composers: MAESTRO, GiantMIDI-Piano, ATEPP, Aria-MIDI)")
+    ap.add_argument("--unknown-composers", choices=["other", "skip"], default=d.unknown_composers,
+                    help="a composer the period table does not know: under the period `other`, or skipped (reason "
+                    "unknown-composer); listed in report.json either way")
+    ap.add_argument("--min-composer-confidence", type=float, default=d.min_composer_confidence,
+                    help="Aria-MIDI: skip segments whose audio score (the release's one confidence) is lower "
+                    "(reason no-composer)")
     ap.add_argument("--parser", choices=["symusic", "pretty_midi"], default=d.parser, help="MIDI reader")
+    ap.add_argument("--no-sustain", dest="sustain", action="store_false", help="read notes as their note-offs say, "
+                    "ignoring the sustain pedal (controller 64; applied by default: while it is down, a released "
+                    "note sounds on until it lifts or the key is struck again)")
+    ap.add_argument("--sostenuto", action="store_true", help="apply the sostenuto pedal (controller 66) too: the keys "
+                    "down when it is pressed sound until it lifts")
+    ap.add_argument("--keep-duplicates", action="store_true", help="write every file, also one whose notes are "
+                    "those of an earlier file (by default written once, the copies listed as duplicate)")
     ap.add_argument("--force", action="store_true", help="overwrite a shard folder made with other settings")
     args = ap.parse_args(argv)
     settings = Settings(val_fraction=args.val_fraction, seed=args.seed, shard_size_mb=args.shard_size_mb,
                         min_steps=args.min_steps, max_steps=args.max_steps, max_silence=args.max_silence,
                         max_file_mb=args.max_file_mb, min_pitch=args.min_pitch, max_pitch=args.max_pitch,
-                        parser=args.parser)
+                        parser=args.parser, sustain=args.sustain, sostenuto=args.sostenuto,
+                        keep_duplicates=args.keep_duplicates,
+                        unknown_composers=args.unknown_composers, min_composer_confidence=args.min_composer_confidence)
     try:
-        manifest = preprocess(args.input, args.output_dir, settings, periods_file=args.periods,
+        manifest = preprocess(args.input, args.output_dir, settings, periods_file=args.periods, source=args.source,
                               workers=args.workers, force=args.force)
     except PreprocessError as e:
         print(f"preprocess: error: {e}", file=sys.stderr)

@@ -7,10 +7,12 @@
 
 `slice` takes every K-th MIDI file of INPUT (sorted source names, starting at I), or the source names listed in a
 file, and mirrors them as symlinks under WORK/slice-NNNN/input: the same relative paths, so every piece keeps its
-source name, its style (the folder path) and its hash-assigned split; for a MAESTRO CSV the slice gets the CSV's
-rows for its files (official splits kept) and links to them. It then runs deepj.preprocess (the CLI, in-process) into
-WORK/slice-NNNN/shards and writes WORK/slice-NNNN/DONE. A slice in which no file is usable is a result, not an error
-(preprocess exit 1: its report still counts the skipped files).
+source name, its style (the folder path) and its hash-assigned split; for a MAESTRO or ATEPP CSV the slice gets the
+CSV's rows for its files (official splits kept) and links to them; for Aria-MIDI's metadata.json, the whole file and
+links to its files, dealt out by recording so that a recording's segments (and copies of them) share a slice. It
+then runs deepj.preprocess (the CLI, in-process) into WORK/slice-NNNN/shards and writes WORK/slice-NNNN/DONE. A
+slice in which no file is usable is a result, not an error (preprocess exit 1: its report still counts the skipped
+files).
 
 `merge` checks that every slice is DONE and that all were made with the same settings, then writes OUTPUT_DIR:
 - shards renamed `{split}-NNNNNN.tar` in (split, slice, shard) order, so names stay unique;
@@ -20,6 +22,8 @@ WORK/slice-NNNN/shards and writes WORK/slice-NNNN/DONE. A slice in which no file
   reading the tars sees). Both must agree, so a shard whose ids change is rewritten with the new `style_id`
   (deepj.data.shards.ShardWriter, as preprocess writes shards) and gets a new sha256 and new index records (its json
   members change length); a shard whose ids are unchanged is hard-linked (or copied) with its records;
+- a piece whose notes are another slice's, byte for byte, written once (the first in source order), as one run
+  writes it: the others' shards are rewritten without it, and report.json lists it as a `duplicate`;
 - totals and report.json summed over the slices (report.json also lists the slices). The manifest is written last.
 OUTPUT_DIR is taken as preprocess takes it (deepj.data.shards.OutputFolder): locked for the merge, built in a private
 folder inside it and put in place only when complete, so a merge that fails leaves an earlier output as it was.
@@ -75,6 +79,7 @@ def _link(src: Path, dst: Path) -> None:
 def make_slice_input(input_spec: str, dst: Path, *, index: int | None = None, count: int | None = None,
                      listed: set[str] | None = None) -> int:
     """Mirror this slice's files under `dst` (emptied first); returns how many files (or CSV rows) it holds."""
+    from deepj.corpus.atepp import locate
     from deepj.corpus.folder import iter_midi_paths
 
     src = Path(input_spec)
@@ -87,28 +92,51 @@ def make_slice_input(input_spec: str, dst: Path, *, index: int | None = None, co
         for name in chosen:
             _link(files[name], dst / name)
         return len(chosen)
+    if src.suffix.lower() in (".json", ".jsonl") and src.is_file():
+        # Aria-MIDI: the metadata file whole (it is read by recording id), and this slice's files under its folder.
+        # Files are dealt out by recording (`<id>_<segment>.mid`): a slice holding some of a recording's segments
+        # would report the others missing, and copies of one segment in two folders must meet in one slice, where
+        # the reader keeps one.
+        from deepj.corpus.aria import FILE_NAME
+
+        files = {Path(os.path.relpath(p, src.parent)).as_posix(): p for p, _ in iter_midi_paths(src.parent)}
+        by_recording: dict[str, list[str]] = {}
+        for rel in sorted(files):
+            match = FILE_NAME.fullmatch(Path(rel).name)
+            by_recording.setdefault(f"{int(match[1]):020d}" if match else Path(rel).name, []).append(rel)
+        if listed is not None:
+            chosen = _select(sorted(files), index, count, listed)
+        else:
+            chosen = [rel for key in _select(sorted(by_recording), index, count, None) for rel in by_recording[key]]
+        for rel in chosen:
+            _link(files[rel], dst / rel)
+        shutil.copyfile(src, dst / src.name)
+        return len(chosen)
     if src.suffix.lower() == ".csv" and src.is_file():
         with open(src, newline="", encoding="utf-8-sig") as f:
             reader = csv.DictReader(f)
             fields, rows = reader.fieldnames or [], list(reader)
-        if "midi_filename" not in fields:
-            raise MergeError(f"{src}: no midi_filename column (a MAESTRO-style CSV is needed)")
+        column = next((c for c in ("midi_filename", "midi_path") if c in fields), None)  # MAESTRO's, ATEPP's
+        if column is None:
+            raise MergeError(f"{src}: no midi_filename (MAESTRO) or midi_path (ATEPP) column")
         by_name: dict[str, list[dict]] = {}
         for row in rows:
-            by_name.setdefault((row.get("midi_filename") or "").strip(), []).append(row)
+            by_name.setdefault((row.get(column) or "").strip(), []).append(row)
         chosen = _select(sorted(by_name), index, count, listed)
         with open(dst / src.name, "w", newline="", encoding="utf-8") as f:
             w = csv.DictWriter(f, fieldnames=fields)
             w.writeheader()
             for name in chosen:
                 if Path(name).is_absolute() or ".." in Path(name).parts:
-                    raise MergeError(f"{src}: midi_filename {name!r} leaves the CSV's folder; slicing needs paths "
+                    raise MergeError(f"{src}: {column} {name!r} leaves the CSV's folder; slicing needs paths "
                                      "relative to the CSV")
                 w.writerows(by_name[name])  # a duplicated row stays duplicated: preprocess reports it
-                if name and (src.parent / name).exists():
-                    _link(src.parent / name, dst / name)
+                found = locate(src.parent, name) if name else None  # on disk perhaps in another Unicode form
+                if found is not None:
+                    _link(found, dst / found.relative_to(src.parent))
         return len(chosen)
-    raise MergeError(f"{input_spec}: slicing needs a MIDI folder or a MAESTRO .csv (not the demo corpus)")
+    raise MergeError(f"{input_spec}: slicing needs a MIDI folder, a MAESTRO or ATEPP .csv or Aria-MIDI's metadata "
+                     "(not the demo corpus)")
 
 
 def run_slice(input_spec: str, work: Path, *, index: int, count: int | None, list_file: str | None,
@@ -130,7 +158,7 @@ def run_slice(input_spec: str, work: Path, *, index: int, count: int | None, lis
     (here / DONE).unlink(missing_ok=True)
     n = make_slice_input(input_spec, here / "input", index=index, count=count, listed=listed)
     inp = here / "input"
-    if Path(input_spec).suffix.lower() == ".csv":
+    if Path(input_spec).suffix.lower() in (".csv", ".json", ".jsonl"):
         inp = inp / Path(input_spec).name
     print(f"slice {index}: {n} file(s) of {input_spec} -> {here}", flush=True)
     rc = preprocess.main([str(inp), str(here / "shards"), *preprocess_args])
@@ -194,8 +222,8 @@ def _check_same(slices: list[dict[str, Any]]) -> Manifest:
     for s in made[1:]:  # the format version is checked by Manifest.load: every slice's is this deepj's
         mine, theirs = s["manifest"].representation, first["manifest"].representation
         if mine != theirs:
-            raise MergeError(f"{s['dir']}: representation (pitches [{mine.min_pitch}, {mine.max_pitch})) differs from "
-                             f"{first['dir']}'s ([{theirs.min_pitch}, {theirs.max_pitch}))")
+            raise MergeError(f"{s['dir']}: representation ({mine.describe()}) differs from {first['dir']}'s "
+                             f"({theirs.describe()})")
         a = {k: v for k, v in s["manifest"].settings.items() if k != "input"}
         b = {k: v for k, v in first["manifest"].settings.items() if k != "input"}
         if a != b:
@@ -207,24 +235,81 @@ def _check_same(slices: list[dict[str, Any]]) -> Manifest:
     return first["manifest"]
 
 
-def rewrite_style_ids(src: Path, dst_dir: Path, name: str, split: str, mapping: list[int]):
-    """Copy shard `src` to dst_dir/name, replacing each sample's json style_id s by mapping[s]; everything else
-    unchanged. -> the new shard's entry and index records (its json members change length, so its offsets move)."""
+def _samples(src: Path):
+    """A shard's samples in order: (json meta as a dict, notes blob)."""
     from webdataset.tariterators import group_by_keys, tar_file_expander
 
+    with open(src, "rb") as f:
+        for sample in group_by_keys(tar_file_expander([{"url": str(src), "stream": f}])):
+            if NOTES_KEY not in sample or META_KEY not in sample:
+                raise ShardError(f"{src}: a sample without {NOTES_KEY} and {META_KEY}")
+            yield json.loads(sample[META_KEY]), sample[NOTES_KEY]
+
+
+def rewrite_shard(src: Path, dst_dir: Path, name: str, split: str, mapping: list[int],
+                  drop: frozenset[int] = frozenset()):
+    """Copy shard `src` to dst_dir/name, replacing each sample's json style_id s by mapping[s] and leaving out the
+    samples at positions `drop`; everything else unchanged. -> the new shard's entry and index records (its json
+    members change length, so its offsets move), or None when every sample was left out."""
     writer = ShardWriter(dst_dir, name, split)
     try:
-        with open(src, "rb") as f:
-            for sample in group_by_keys(tar_file_expander([{"url": str(src), "stream": f}])):
-                if NOTES_KEY not in sample or META_KEY not in sample:
-                    raise ShardError(f"{src}: a sample without {NOTES_KEY} and {META_KEY}")
-                meta = json.loads(sample[META_KEY])
-                writer.add(meta["source"], meta["style"], mapping[meta["style_id"]], sample[NOTES_KEY], meta["steps"],
+        kept = 0
+        for k, (meta, blob) in enumerate(_samples(src)):
+            if k not in drop:
+                writer.add(meta["source"], meta["style"], mapping[meta["style_id"]], blob, meta["steps"],
                            meta["notes"])
+                kept += 1
+        if kept == 0:
+            writer.abort()
+            return None
         return writer.finish()
     except BaseException:
         writer.abort()
         raise
+
+
+def find_duplicates(made: list[dict[str, Any]]) -> tuple[dict[tuple[int, int], frozenset[int]], list[dict]]:
+    """Pieces of one slice whose notes are another slice's, byte for byte (preprocess finds those within a run;
+    slices are runs of their own). As preprocess does, the piece first in source order is kept.
+
+    -> {(slice, shard): positions in the shard to leave out}, and their report entries. Candidates are pieces whose
+    index records agree (crc32 and length of the notes, steps, notes) with a piece of another slice; only their
+    shards are read, to compare the notes themselves and learn the sources."""
+    keys, where = [], []
+    for si, s in enumerate(made):
+        rec = s["manifest"].pieces.all_records()
+        keys.append(np.stack([rec["crc32"].astype(np.int64), rec["length"].astype(np.int64),
+                              rec["steps"].astype(np.int64), rec["notes"].astype(np.int64)], axis=1))
+        first = s["manifest"].shard_first_piece()
+        shard = np.searchsorted(first, np.arange(len(rec)), side="right") - 1
+        where.append(np.stack([np.full(len(rec), si), shard, np.arange(len(rec)) - first[shard]], axis=1))
+    if not keys:
+        return {}, []
+    key, loc = np.concatenate(keys), np.concatenate(where)
+    _, inverse, counts = np.unique(key, axis=0, return_inverse=True, return_counts=True)
+    inverse = inverse.ravel()
+    cand = np.flatnonzero(counts[inverse] > 1)
+    groups: dict[int, list[int]] = {}
+    for j in cand:  # key group -> candidate rows, kept only where they span slices
+        groups.setdefault(int(inverse[j]), []).append(int(j))
+    rows = sorted(j for g in groups.values() if len({int(loc[j, 0]) for j in g}) > 1 for j in g)
+    wanted: dict[tuple[int, int], set[int]] = {}
+    for j in rows:
+        wanted.setdefault((int(loc[j, 0]), int(loc[j, 1])), set()).add(int(loc[j, 2]))
+    found: dict[bytes, list[tuple[str, tuple[int, int], int]]] = {}  # notes -> (source, (slice, shard), position)
+    for (si, sh), positions in sorted(wanted.items()):
+        src = made[si]["dir"] / "shards" / made[si]["manifest"].shards[sh].name
+        for k, (meta, blob) in enumerate(_samples(src)):
+            if k in positions:
+                found.setdefault(blob, []).append((meta["source"], (si, sh), k))
+    drop: dict[tuple[int, int], set[int]] = {}
+    skipped = []
+    for copies in found.values():
+        (kept, *others) = sorted(copies)
+        for source, place, k in others:
+            drop.setdefault(place, set()).add(k)
+            skipped.append({"file": source, "reason": "duplicate", "detail": f"the same notes as {kept[0]}"})
+    return {place: frozenset(ks) for place, ks in drop.items()}, skipped
 
 
 def _place(src: Path, dst: Path) -> None:
@@ -249,6 +334,7 @@ def merge(work: str | Path, out_dir: str | Path, *, remove_slices: bool = False)
     styles = sorted({st for s in made for st in s["manifest"].styles.styles})
     new_id = {st: k for k, st in enumerate(styles)}
     present = [sp for sp in SPLITS if any(sp in s["manifest"].totals for s in made)]
+    drops, duplicates = ({}, []) if base.settings.get("keep_duplicates") else find_duplicates(made)
     with OutputFolder(out_dir, "merge") as folder:
         staging = folder.staging
         shards: list[ShardEntry] = []
@@ -264,28 +350,32 @@ def merge(work: str | Path, out_dir: str | Path, *, remove_slices: bool = False)
                     if entry.split != split:
                         continue
                     name = f"{split}-{n:06d}.tar"
-                    n += 1
                     src = s["dir"] / "shards" / entry.name
                     rec = manifest.pieces.records(np.arange(first[i], first[i + 1])).copy()
-                    if all(mapping[k] == k for k in np.unique(rec["style"])):
+                    drop = drops.get((made.index(s), i), frozenset())
+                    if all(mapping[k] == k for k in np.unique(rec["style"])) and not drop:
                         _place(src, staging / name)
                         new = dataclasses.replace(entry, name=name)
                     else:
-                        new, rec = rewrite_style_ids(src, staging, name, split, mapping)
+                        written = rewrite_shard(src, staging, name, split, mapping, drop)
                         rewritten += 1
+                        if written is None:  # every piece of it is another slice's
+                            continue
+                        new, rec = written
+                    n += 1
                     shards.append(new)
                     records.append(rec)
 
         totals = split_totals(shards, present)
         reports = [s["report"] for s in slices if s["report"] is not None]
         totals["files_seen"] = sum(r["files_seen"] for r in reports)
-        totals["files_skipped"] = sum(len(r["skipped"]) for r in reports)
+        totals["files_skipped"] = sum(len(r["skipped"]) for r in reports) + len(duplicates)
         settings = dict(base.settings, input=slices[0]["done"]["input"])
         all_records = np.concatenate(records) if records else np.zeros(0, PIECE_DTYPE)
         manifest = Manifest(dir=staging, representation=base.representation, styles=StyleTree.from_leaves(styles),
                             shards=tuple(shards), totals=totals, settings=settings, tool=f"deepj {__version__}",
                             pieces=PieceTable.from_records(all_records))
-        _write_report(staging, slices, reports, all_records, styles, rewritten)
+        _write_report(staging, slices, reports, all_records, styles, rewritten, duplicates, shards)
         manifest.write()
         folder.commit([e.name for e in shards] + [REPORT, INDEX], folder.stale_shards({e.name for e in shards}))
     if remove_slices:
@@ -301,8 +391,10 @@ def _sum_dicts(dicts: list[dict[str, int]]) -> dict[str, int]:
     return dict(sorted(out.items()))
 
 
-def _write_report(out_dir: Path, slices, reports, records: np.ndarray, styles: list[str], rewritten: int) -> None:
-    """report.json of the merge: the slices' reports summed, pieces per style counted from the merged index."""
+def _write_report(out_dir: Path, slices, reports, records: np.ndarray, styles: list[str], rewritten: int,
+                  duplicates: list[dict], shards: list[ShardEntry]) -> None:
+    """report.json of the merge: the slices' reports summed with the pieces left out as another slice's duplicates;
+    pieces per split and style counted from the merged shards and index."""
     first = next((r for r in reports if "source" in r), {})  # a full report (not a "nothing to do" slice's)
     per_style = {styles[sid]: int(n) for sid, n in enumerate(np.bincount(records["style"], minlength=len(styles)))
                  if n}
@@ -311,15 +403,15 @@ def _write_report(out_dir: Path, slices, reports, records: np.ndarray, styles: l
         "root": slices[0]["done"]["input"],
         "files_seen": sum(r["files_seen"] for r in reports),
         "pieces_written": len(records),
-        "counts": _sum_dicts([r["counts"] for r in reports]),
-        "skipped": sorted((x for r in reports for x in r["skipped"]), key=lambda x: x["file"]),
-        "pieces_per_split": _sum_dicts([r["pieces_per_split"] for r in reports]),
+        "counts": _sum_dicts([r["counts"] for r in reports] + [{"duplicate": len(duplicates)} if duplicates else {}]),
+        "skipped": sorted([x for r in reports for x in r["skipped"]] + duplicates, key=lambda x: x["file"]),
+        "pieces_per_split": _sum_dicts([{e.split: e.pieces} for e in shards]),
         "pieces_per_style": dict(sorted(per_style.items())),
         "unknown_composers": _sum_dicts([r.get("unknown_composers", {}) for r in reports]),
         "elapsed_s": max((r.get("elapsed_s", 0) for r in reports), default=0),  # the slices ran in parallel
         "merged": {"slices": [{"dir": str(s["dir"]), "files": s["done"]["files"],
                                "preprocess_exit": s["done"]["preprocess_exit"]} for s in slices],
-                   "shards_rewritten_for_style_ids": rewritten},
+                   "shards_rewritten": rewritten, "duplicates_across_slices": len(duplicates)},
     }
     for key in ("period_overrides", "splits_listed"):
         if key in first:

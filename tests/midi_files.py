@@ -1,7 +1,8 @@
 """Real MIDI test files, written with mido so that every tick, event order and tempo event is exactly as specified.
 
 A file is described by a `MidiSpec`: per track a list of raw events `(tick, kind, pitch, velocity, channel)` with
-kind "on" / "off" ("on" with velocity 0 is the running-status note-off many files use). Events of one track are
+kind "on" / "off" ("on" with velocity 0 is the running-status note-off many files use), or "cc" with the controller
+number and value in the pitch and velocity places (`cc(tick, 64, 127)`: the sustain pedal down). Events of one track are
 written in tick order, keeping the given order at equal ticks, because the order of a note-off and a note-on of the
 same pitch at one tick matters to the parsers. Tempo events go into the first track (the conductor track of type 1).
 
@@ -30,6 +31,10 @@ def on(tick: int, pitch: int, velocity: int = 100, channel: int = 0) -> Event:
 
 def off(tick: int, pitch: int, channel: int = 0) -> Event:
     return (int(tick), "off", int(pitch), 0, int(channel))
+
+
+def cc(tick: int, controller: int, value: int, channel: int = 0) -> Event:
+    return (int(tick), "cc", int(controller), int(value), int(channel))
 
 
 def note(start: int, end: int, pitch: int, velocity: int = 100, channel: int = 0) -> list[Event]:
@@ -61,7 +66,7 @@ class MidiSpec:
                 key = (ch, pitch)
                 if kind == "on" and vel > 0:
                     open_notes.setdefault(key, []).append((tick, vel))
-                elif open_notes.get(key):
+                elif kind != "cc" and open_notes.get(key):
                     start, v = open_notes[key].pop(0)
                     if ch != DRUM:
                         rows.append((pitch, start, tick, v))
@@ -70,6 +75,8 @@ class MidiSpec:
 
 
 def _message(kind: str, pitch: int, velocity: int, channel: int) -> mido.Message:
+    if kind == "cc":
+        return mido.Message("control_change", control=pitch, value=velocity, channel=channel)
     if kind == "on":
         return mido.Message("note_on", note=pitch, velocity=velocity, channel=channel)
     return mido.Message("note_off", note=pitch, velocity=0, channel=channel)

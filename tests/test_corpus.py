@@ -70,7 +70,7 @@ def test_open_corpus_errors(tmp_path):
     (tmp_path / "list.txt").write_text("x")
     with pytest.raises(CorpusError, match="not a .csv"):
         open_corpus(str(tmp_path / "list.txt"))
-    with pytest.raises(CorpusError, match="--periods applies to a MAESTRO CSV only"):
+    with pytest.raises(CorpusError, match="--periods applies to the sources that name composers"):
         open_corpus(str(tmp_path), periods_file=tmp_path / "p.json")
 
 

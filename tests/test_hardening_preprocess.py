@@ -143,7 +143,7 @@ def test_a_merge_that_fails_midway_leaves_the_old_output_as_it_was(tmp_path, mon
     assert preprocess_merge.main(["merge", str(work), str(out)]) == 0
     before = snapshot(out)
     placed = []
-    real_place, real_rewrite = preprocess_merge._place, preprocess_merge.rewrite_style_ids
+    real_place, real_rewrite = preprocess_merge._place, preprocess_merge.rewrite_shard
 
     def fail_second(real):
         def f(src_path, dst, *rest):
@@ -154,7 +154,7 @@ def test_a_merge_that_fails_midway_leaves_the_old_output_as_it_was(tmp_path, mon
         return f
 
     monkeypatch.setattr(preprocess_merge, "_place", fail_second(real_place))
-    monkeypatch.setattr(preprocess_merge, "rewrite_style_ids", fail_second(real_rewrite))
+    monkeypatch.setattr(preprocess_merge, "rewrite_shard", fail_second(real_rewrite))
     capsys.readouterr()
     assert preprocess_merge.main(["merge", str(work), str(out)]) == 2
     assert "No space left on device" in capsys.readouterr().err

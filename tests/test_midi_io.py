@@ -244,11 +244,11 @@ def test_difference_largest_tick_over_ten_million(tmp_path):
 
 
 def _plain_walk(data: bytes, pos: int, end: int) -> int:
-    """track_ticks as first written (one _varlen call per quantity): the reference for the inlined walk."""
+    """track_ticks as first written (one varlen call per quantity): the reference for the inlined walk."""
     ticks = running = 0
     try:
         while pos < end:
-            delta, pos = midi_io._varlen(data, pos)
+            delta, pos = midi_io.varlen(data, pos)
             ticks += delta
             status = data[pos]
             if status < 0x80:
@@ -259,10 +259,10 @@ def _plain_walk(data: bytes, pos: int, end: int) -> int:
                 running = status
                 pos += 2 if 0xC0 <= status < 0xE0 else 3
             elif status in (0xFF, 0xF0, 0xF7):
-                size, pos = midi_io._varlen(data, pos + (2 if status == 0xFF else 1))
+                size, pos = midi_io.varlen(data, pos + (2 if status == 0xFF else 1))
                 pos += size
-            elif status in midi_io._SYSTEM_DATA:
-                pos += 1 + midi_io._SYSTEM_DATA[status]
+            elif status in midi_io.SYSTEM_DATA:
+                pos += 1 + midi_io.SYSTEM_DATA[status]
             else:
                 break
     except IndexError:

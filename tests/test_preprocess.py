@@ -72,7 +72,7 @@ def test_folder_to_shards(tmp_path, capsys):
     assert "train" in printed and "report: " + str(out / "report.json") in printed
     m = Manifest.load(out)
     assert m.styles.styles == ("baroque/bach", "baroque/handel", "classical/mozart")
-    assert m.representation == ReprConfig(36, 84)
+    assert m.representation == ReprConfig(36, 84, sustain=True)
     assert m.settings["val_fraction"] == 0.3 and m.settings["source"] == "folder"
     assert m.tool == "deepj 0.1.0"
     # on disk: the schema other tools read (the typed manifest writes back exactly the file)
@@ -82,7 +82,7 @@ def test_folder_to_shards(tmp_path, capsys):
                              "classical": [2], "classical/mozart": [2], "handel": [1], "mozart": [2]}
     assert raw["level_names"] == [["baroque", "classical"], ["bach", "handel", "mozart"]]
     assert raw["representation"] == {"min_pitch": 36, "max_pitch": 84, "steps_per_beat": 4,
-                                     "grid": "beat-relative 16th notes"}
+                                     "grid": "beat-relative 16th notes", "sustain": True}
     assert raw["tool"] == "deepj 0.1.0" and raw["format_version"] == 2
     assert raw["index"]["file"] == "pieces.npy" and raw["index"]["bytes"] == (out / "pieces.npy").stat().st_size
     assert m.to_json() == raw
@@ -368,3 +368,28 @@ def test_a_run_in_one_process_leaves_no_file_open(tmp_path):
     for k in range(2):
         assert run(src, tmp_path / f"out{k}") == 0
     assert sorted(os.listdir("/proc/self/fd")) == before
+
+
+def test_the_same_notes_under_two_names_are_written_once(tmp_path):
+    """A file copied under another name (or reached through two sources) becomes one piece: the first in source
+    order; the copy is skipped as a duplicate naming it, in report.json, whatever the number of workers."""
+    src = tmp_path / "midi"
+    make_tree(src)
+    shutil.copy(src / "baroque/bach/piece1.mid", src / "classical/mozart/copy-of-bach.mid")
+    shutil.copy(src / "baroque/bach/piece1.mid", src / "baroque/bach/piece1 (1).mid")
+    reports = []
+    for workers in ("1", "2"):
+        out = tmp_path / f"shards{workers}"
+        assert main([str(src), str(out), "--workers", workers]) == 0
+        m = Manifest.load(out)
+        assert len(m.pieces) == 9
+        report = json.loads((out / "report.json").read_text())
+        dups = [s for s in report["skipped"] if s["reason"] == "duplicate"]
+        assert dups == [{"file": "baroque/bach/piece1.mid", "reason": "duplicate",
+                         "detail": "the same notes as baroque/bach/piece1 (1).mid"},
+                        {"file": "classical/mozart/copy-of-bach.mid", "reason": "duplicate",
+                         "detail": "the same notes as baroque/bach/piece1 (1).mid"}]
+        reports.append(sha_all(out))
+    assert reports[0] == reports[1]
+    assert main([str(src), str(tmp_path / "all"), "--workers", "1", "--keep-duplicates"]) == 0
+    assert len(Manifest.load(tmp_path / "all").pieces) == 11

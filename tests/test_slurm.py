@@ -30,7 +30,7 @@ from deepj import preprocess
 from deepj.data.loader import DataConfig, StreamingLoader
 from deepj.data.manifest import Manifest
 from deepj.data.shards import sha256_file
-from deepj.preprocess_merge import MergeError, merge, rewrite_style_ids, run_slice
+from deepj.preprocess_merge import MergeError, merge, rewrite_shard, run_slice
 
 PRE = ["--workers", "1", "--val-fraction", "0.2", "--min-steps", "16"]
 
@@ -98,7 +98,7 @@ def test_merged_slices_hold_the_whole_run_with_remapped_style_ids(corpus, tmp_pa
     assert m.totals["files_seen"] == ref.totals["files_seen"] == 19
     assert m.settings == ref.settings  # input is the original folder, not a slice's
     report = json.loads((out / "report.json").read_text())
-    assert report["merged"]["shards_rewritten_for_style_ids"] >= 2 and len(report["merged"]["slices"]) == 3
+    assert report["merged"]["shards_rewritten"] >= 2 and len(report["merged"]["slices"]) == 3
     assert report["pieces_per_style"] == json.loads((whole / "report.json").read_text())["pieces_per_style"]
     # the loader reads the merged folder: sizes, sha256 and json style ids all check out
     assert one_epoch(out) == StreamingLoader(DataConfig(dir=str(out), seq_len=32, stride=16), "train",
@@ -107,14 +107,42 @@ def test_merged_slices_hold_the_whole_run_with_remapped_style_ids(corpus, tmp_pa
     assert merge(work, out) == m
 
 
+def test_slices_write_a_piece_found_twice_once(corpus, tmp_path):
+    """The same notes under names that fall into different slices: the merge keeps the first in source order, as
+    one preprocess run would, rewrites the other's shard without it and lists it as a duplicate."""
+    midi, _ = corpus
+    src = tmp_path / "midi"
+    shutil.copytree(midi, src)
+    original = sorted(src.rglob("*.mid"))[0]
+    copies = [original.with_name("zz-copy-a.mid"), original.parent.parent / "zz-copy-b.mid"]
+    for c in copies:
+        shutil.copy(original, c)
+    whole = tmp_path / "whole"
+    assert preprocess.main([str(src), str(whole), *PRE]) == 0
+    work, out = tmp_path / "work", tmp_path / "merged"
+    for i in range(3):
+        assert run_slice(str(src), work, index=i, count=3, list_file=None, preprocess_args=PRE) == 0
+    m = merge(work, out)
+    key = lambda s: (s["source"], s["style"], s["steps"], s["notes"])  # noqa: E731
+    assert sorted(map(key, samples(out))) == sorted(map(key, samples(whole)))
+    report, ref = (json.loads((d / "report.json").read_text()) for d in (out, whole))
+    dups = lambda r: sorted((x["file"], x["detail"]) for x in r["skipped"] if x["reason"] == "duplicate")  # noqa: E731
+    assert dups(report) == dups(ref) and len(dups(ref)) == 2
+    assert report["merged"]["duplicates_across_slices"] >= 1
+    assert report["counts"] == ref["counts"]
+    assert m.totals["files_skipped"] == Manifest.load(whole).totals["files_skipped"]
+    assert len(m.pieces) == len(Manifest.load(whole).pieces) == report["pieces_written"]
+    assert one_epoch(out) > 0
+
+
 def test_identity_rewrite_reproduces_the_shard_bytes(corpus, tmp_path):
     _, whole = corpus
     src = whole / "train-000000.tar"
     n = Manifest.load(whole).styles.num_styles
-    same, rec = rewrite_style_ids(src, tmp_path, "same.tar", "train", list(range(n)))
+    same, rec = rewrite_shard(src, tmp_path, "same.tar", "train", list(range(n)))
     assert same.sha256 == sha256_file(src) == sha256_file(tmp_path / "same.tar")
     assert np.array_equal(rec, Manifest.load(whole).pieces.records(np.arange(same.pieces)))
-    shifted, rec = rewrite_style_ids(src, tmp_path, "shifted.tar", "train", [k + 1 for k in range(n)])
+    shifted, rec = rewrite_shard(src, tmp_path, "shifted.tar", "train", [k + 1 for k in range(n)])
     assert shifted.sha256 != same.sha256 and (rec["style"] >= 1).all()
 
 

@@ -233,7 +233,8 @@ def test_meta_json_says_what_a_checkpoint_holds_without_torch(trained_run):
     meta = json.loads((ckpt / "meta.json").read_text())
     assert meta["kind"] == "train" and meta["step"] == 4 and meta["world_size"] == 1
     assert meta["styles"] == ["baroque/bach", "baroque/handel", "classical/mozart"]
-    assert meta["representation"] == {"min_pitch": 36, "max_pitch": 84} and meta["model"]["num_notes"] == 48
+    assert meta["representation"] == {"min_pitch": 36, "max_pitch": 84, "sustain": True}
+    assert meta["model"]["num_notes"] == 48
     assert meta["config"]["data"]["seq_len"] == 32 and len(meta["manifest_hash"]) == 16
     assert "meta.json" in json.loads((ckpt / "COMPLETE").read_text())["files"]
 

@@ -170,7 +170,10 @@ def time_pretty_midi(files: list[Path], seconds: float, seed: int) -> dict[str, 
 
 def corpus_stages(args, work: Path, skip: set[str], res: dict[str, Any], plan_dirs: dict[str, Path], say) -> Path:
     """Stages 1 and 2 (figures into `res`, the source's shards into `plan_dirs`) -> the 2-worker shard folder."""
-    midi, extra = args.midi, [] if args.shard_size_mb is None else ["--shard-size-mb", str(args.shard_size_mb)]
+    # The copies are the same notes under new names, which preprocess would write once: kept, as a corpus that
+    # size would hold different pieces.
+    extra = ["--keep-duplicates"] + ([] if args.shard_size_mb is None else ["--shard-size-mb", str(args.shard_size_mb)])
+    midi = args.midi
     if midi is None:
         from deepj.preprocess import Settings, preprocess
 

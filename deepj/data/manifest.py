@@ -371,10 +371,11 @@ class Manifest:
         rep = raw["representation"]
         if not isinstance(rep, dict):
             raise ShardError(f"{path}: representation is {_kind(rep)}, a JSON object is expected")
+        _int(rep.get("min_pitch"), where, "representation.min_pitch")
+        _int(rep.get("max_pitch"), where, "representation.max_pitch")
         try:
-            repr_cfg = ReprConfig(_int(rep.get("min_pitch"), where, "representation.min_pitch"),
-                                  _int(rep.get("max_pitch"), where, "representation.max_pitch"))
-        except ValueError as e:
+            repr_cfg = ReprConfig.from_json(rep)
+        except (ValueError, TypeError) as e:
             raise ShardError(f"{path}: representation {rep!r} is malformed ({e})") from None
         spb = _int(rep.get("steps_per_beat", STEPS_PER_BEAT), where, "representation.steps_per_beat")
         if spb != STEPS_PER_BEAT:
@@ -414,8 +415,7 @@ class Manifest:
                    pieces=pieces)
 
     def _representation_json(self) -> dict[str, Any]:
-        return {"min_pitch": self.representation.min_pitch, "max_pitch": self.representation.max_pitch,
-                "steps_per_beat": STEPS_PER_BEAT, "grid": GRID}
+        return {**self.representation.to_json(), "steps_per_beat": STEPS_PER_BEAT, "grid": GRID}
 
     def to_json(self, index: bytes | None = None) -> dict[str, Any]:
         """The JSON; `index`: the piece index's bytes when already made (they are hashed into it)."""

@@ -59,7 +59,7 @@ def upgrade(shard_dir: str | Path) -> Manifest:
             entries.append(ShardEntry(name=d["name"], split=d["split"], pieces=d["pieces"], steps=d["steps"],
                                       notes=int(records[-1]["notes"].sum()), bytes=d["bytes"], sha256=d["sha256"]))
         rep = raw["representation"]
-        manifest = Manifest(dir=shard_dir, representation=ReprConfig(rep["min_pitch"], rep["max_pitch"]),
+        manifest = Manifest(dir=shard_dir, representation=ReprConfig.from_json(rep),
                             styles=StyleTree.from_leaves(raw["styles"]), shards=tuple(entries), totals=raw["totals"],
                             settings=raw.get("settings", {}), tool=raw.get("tool", ""),
                             pieces=PieceTable.from_records(np.concatenate(records)))

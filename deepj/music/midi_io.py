@@ -82,7 +82,8 @@ def _read_bytes(path: Path, max_bytes: int) -> bytes:
     return data
 
 
-def _check_file(path: Path, max_bytes: int = MAX_FILE_BYTES, max_steps: int | None = None) -> bytes:
+def _check_file(path: Path, max_bytes: int = MAX_FILE_BYTES,
+                max_steps: int | None = None) -> tuple[bytes, list[tuple[int, int]]]:
     data = _read_bytes(path, max_bytes)
     if len(data) == 0:
         raise MidiError(path, "empty")
@@ -99,7 +100,7 @@ def _check_file(path: Path, max_bytes: int = MAX_FILE_BYTES, max_steps: int | No
         raise MidiError(path, "corrupt", f"time division {tpq:#06x}: SMPTE time or 0 ticks per quarter "
                         "(only ticks per quarter are supported)")
     _check_timing(path, data, tracks, tpq, max_steps)
-    return data
+    return data, tracks
 
 
 def _check_chunks(path: Path, data: bytes) -> list[tuple[int, int]]:
@@ -132,12 +133,12 @@ def _check_chunks(path: Path, data: bytes) -> list[tuple[int, int]]:
 
 
 # System common and real-time messages: status -> data bytes (MIDI 1.0); they carry a delta time like any event.
-_SYSTEM_DATA = {0xF1: 1, 0xF2: 2, 0xF3: 1, 0xF6: 0, 0xF8: 0, 0xFA: 0, 0xFB: 0, 0xFC: 0, 0xFE: 0}
+SYSTEM_DATA = {0xF1: 1, 0xF2: 2, 0xF3: 1, 0xF6: 0, 0xF8: 0, 0xFA: 0, 0xFB: 0, 0xFC: 0, 0xFE: 0}
 # Data bytes after a channel status (0x80-0xEF): program change and channel pressure 1, the others 2.
 _CHANNEL_DATA = {s: 1 if 0xC0 <= s < 0xE0 else 2 for s in range(0x80, 0xF0)}
 
 
-def _varlen(data: bytes, pos: int) -> tuple[int, int]:
+def varlen(data: bytes, pos: int) -> tuple[int, int]:
     """A MIDI variable-length quantity at data[pos]: 7 bits per byte, high bit set on all but the last -> (value, the
     position after it). IndexError when the data ends inside it."""
     b = data[pos]
@@ -181,10 +182,10 @@ def track_ticks(data: bytes, pos: int, end: int) -> int:
                 running, run_data = status, _CHANNEL_DATA[status]
                 pos += 1 + run_data
             elif status == 0xFF or status == 0xF0 or status == 0xF7:  # meta (type, length, data) or sysex
-                size, pos = _varlen(data, pos + (2 if status == 0xFF else 1))
+                size, pos = varlen(data, pos + (2 if status == 0xFF else 1))
                 pos += size
-            elif status in _SYSTEM_DATA:  # both parsers read on past these (song position, clock ...)
-                pos += 1 + _SYSTEM_DATA[status]
+            elif status in SYSTEM_DATA:  # both parsers read on past these (song position, clock ...)
+                pos += 1 + SYSTEM_DATA[status]
             else:  # undefined (0xF4, 0xF5, 0xF9, 0xFD): both parsers call the file corrupt
                 break
     except IndexError:  # an event cut by the end of the data
@@ -256,14 +257,26 @@ def _check_timing(path: Path, data: bytes, tracks: list[tuple[int, int]], tpq: i
 
 
 def read_tick_notes(path: str | os.PathLike, parser: Parser = "symusic", *, max_bytes: int = MAX_FILE_BYTES,
-                    max_steps: int | None = None):
+                    max_steps: int | None = None, sustain: bool = False, sostenuto: bool = False):
     """All non-drum notes as tick-time arrays `(pitch, start, end, velocity)` and the ticks per quarter.
 
-    `max_bytes` caps the file size; `max_steps` (None: the representation's MAX_STEP only) caps the file's length."""
+    `max_bytes` caps the file size; `max_steps` (None: the representation's MAX_STEP only) caps the file's length.
+    `sustain` / `sostenuto` lengthen the notes their channel's pedal holds (deepj.music.pedal)."""
     path = Path(path)
     if parser not in ("symusic", "pretty_midi"):
         raise ValueError(f"unknown MIDI parser {parser!r}; use symusic or pretty_midi")
-    data = _check_file(path, max_bytes, max_steps)
+    data, tracks = _check_file(path, max_bytes, max_steps)
+    pitch, start, end, vel, tpq, controls = _parse_notes(path, data, parser)
+    if sustain or sostenuto:
+        from deepj.music.pedal import apply_pedals
+
+        end = apply_pedals(data, tracks, pitch, start, end, sustain=sustain, sostenuto=sostenuto, controls=controls)
+    return pitch, start, end, vel, tpq
+
+
+def _parse_notes(path: Path, data: bytes, parser: Parser):
+    """The parser's non-drum notes, all tracks together, as read_tick_notes returns them, and the controller events
+    (tick, number, value) of the one track holding notes, where there is exactly one (else None)."""
     if parser == "symusic":
         import symusic
 
@@ -272,15 +285,19 @@ def read_tick_notes(path: str | os.PathLike, parser: Parser = "symusic", *, max_
         except Exception as e:  # noqa: BLE001 (any failure of the C++ parser on a file means a corrupt file)
             raise MidiError(path, "corrupt", str(e).splitlines()[0][:200]) from None
         tpq = int(score.ticks_per_quarter)
-        cols = [t.notes.numpy() for t in score.tracks if not t.is_drum]
-        cols = [c for c in cols if len(c["time"])]
+        played = [t for t in score.tracks if not t.is_drum and len(t.notes)]
+        cols = [t.notes.numpy() for t in played]
         if not cols:
-            return (np.zeros(0, np.int64),) * 4 + (tpq,)
+            return (np.zeros(0, np.int64),) * 4 + (tpq, None)
         pitch = np.concatenate([c["pitch"].astype(np.int64) for c in cols])
         start = np.concatenate([c["time"].astype(np.int64) for c in cols])
         end = start + np.concatenate([c["duration"].astype(np.int64) for c in cols])
         vel = np.concatenate([c["velocity"].astype(np.int64) for c in cols])
-        return pitch, start, end, vel, tpq
+        controls = None
+        if len(played) == 1:  # symusic groups notes by (track, channel): one group, one channel
+            cc = played[0].controls.numpy()
+            controls = np.stack([cc["time"], cc["number"], cc["value"]], axis=1).astype(np.int64)
+        return pitch, start, end, vel, tpq, controls
     if parser == "pretty_midi":
         import io
         import warnings
@@ -296,19 +313,20 @@ def read_tick_notes(path: str | os.PathLike, parser: Parser = "symusic", *, max_
         notes = [n for inst in pm.instruments if not inst.is_drum for n in inst.notes]
         tpq = int(pm.resolution)
         if not notes:
-            return (np.zeros(0, np.int64),) * 4 + (tpq,)
+            return (np.zeros(0, np.int64),) * 4 + (tpq, None)
         pitch = np.array([n.pitch for n in notes], dtype=np.int64)
         start = np.array([pm.time_to_tick(n.start) for n in notes], dtype=np.int64)
         end = np.array([pm.time_to_tick(n.end) for n in notes], dtype=np.int64)
         vel = np.array([n.velocity for n in notes], dtype=np.int64)
-        return pitch, start, end, vel, tpq
+        return pitch, start, end, vel, tpq, None  # pretty_midi, the reference: the events are walked
     raise ValueError(f"unknown MIDI parser {parser!r}; use symusic or pretty_midi")
 
 
 def read_midi(path: str | os.PathLike, cfg: ReprConfig, parser: Parser = "symusic", *,
               max_bytes: int = MAX_FILE_BYTES, max_steps: int | None = None) -> np.ndarray:
     """A MIDI file -> canonical grid notes in the configured pitch range. Raises MidiError for unusable files."""
-    pitch, start, end, vel, tpq = read_tick_notes(path, parser, max_bytes=max_bytes, max_steps=max_steps)
+    pitch, start, end, vel, tpq = read_tick_notes(path, parser, max_bytes=max_bytes, max_steps=max_steps,
+                                                  sustain=cfg.sustain, sostenuto=cfg.sostenuto)
     if tpq <= 0:
         raise MidiError(path, "corrupt", f"ticks per quarter {tpq} (SMPTE time is not supported)")
     if len(pitch) == 0:

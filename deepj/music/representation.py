@@ -43,6 +43,10 @@ MAX_STEP = int(np.iinfo(np.uint32).max)
 class ReprConfig:
     min_pitch: int = DEFAULT_MIN_PITCH  # MIDI pitch, inclusive (C2)
     max_pitch: int = DEFAULT_MAX_PITCH  # MIDI pitch, exclusive (C6): 48 notes by default
+    # How MIDI files were read into notes: with the sustain / sostenuto pedal applied (deepj.music.pedal). Shards
+    # record them, so a checkpoint knows what it learned from; a model reads rolls the same way either way.
+    sustain: bool = False
+    sostenuto: bool = False
 
     def __post_init__(self) -> None:
         if not 0 <= self.min_pitch < self.max_pitch <= MIDI_PITCHES:
@@ -51,6 +55,30 @@ class ReprConfig:
     @property
     def num_notes(self) -> int:
         return self.max_pitch - self.min_pitch
+
+    def to_json(self) -> dict:
+        """As manifests and checkpoints store it. The pedal keys only where set: a corpus read without pedals keeps
+        the JSON (and so the corpus hash that checkpoints name) it had before pedals were read."""
+        out = {"min_pitch": self.min_pitch, "max_pitch": self.max_pitch}
+        out.update({k: True for k in ("sustain", "sostenuto") if getattr(self, k)})
+        return out
+
+    @classmethod
+    def from_json(cls, d: dict) -> ReprConfig:
+        """Raises ValueError (a value out of range) or TypeError (a value of the wrong type)."""
+        pedals = {k: d.get(k, False) for k in ("sustain", "sostenuto")}
+        bad = [k for k, v in pedals.items() if not isinstance(v, bool)]
+        if bad:
+            raise TypeError(f"{bad[0]} must be true or false, got {pedals[bad[0]]!r}")
+        if not all(isinstance(d.get(k), int) and not isinstance(d.get(k), bool) for k in ("min_pitch", "max_pitch")):
+            raise TypeError(f"min_pitch and max_pitch must be integers, got {d.get('min_pitch')!r}, "
+                            f"{d.get('max_pitch')!r}")
+        return cls(d["min_pitch"], d["max_pitch"], **pedals)
+
+    def describe(self) -> str:
+        """For messages: 'pitches [36, 84), sustain pedal'."""
+        pedals = [f"{k} pedal" for k in ("sustain", "sostenuto") if getattr(self, k)]
+        return ", ".join([f"pitches [{self.min_pitch}, {self.max_pitch})"] + (pedals or ["no pedal"]))
 
 
 def empty_notes() -> np.ndarray:

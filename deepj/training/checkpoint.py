@@ -88,8 +88,7 @@ class CheckpointMeta:
         return {"meta_version": META_VERSION, "tool": self.tool, "kind": self.kind, "step": self.step,
                 "world_size": self.world_size, "backend": self.backend, "manifest_hash": self.manifest_hash,
                 "model": dataclasses.asdict(self.model), **self.styles.to_json(),
-                "representation": {"min_pitch": self.representation.min_pitch,
-                                   "max_pitch": self.representation.max_pitch},
+                "representation": self.representation.to_json(),
                 "config": self.config}
 
     @classmethod
@@ -99,7 +98,7 @@ class CheckpointMeta:
             return cls(step=int(d["step"]), world_size=int(d["world_size"]), kind=str(d.get("kind", "train")),
                        backend=str(d.get("backend", "ddp")), model=from_dict(ModelConfig, d["model"], "model."),
                        styles=StyleTree.from_leaves(list(d["styles"])),
-                       representation=ReprConfig(int(rep["min_pitch"]), int(rep["max_pitch"])),
+                       representation=ReprConfig.from_json(rep),
                        manifest_hash=str(d["manifest_hash"]), config=dict(d.get("config", {})),
                        tool=str(d.get("tool", "")))
         except (KeyError, TypeError, ValueError, ConfigError) as e:
