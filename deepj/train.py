@@ -47,6 +47,10 @@ from deepj.training.resume import (
 )
 from deepj.training.samples import log_samples
 
+# Steps timed to size a time budget (train.time_budget_min): from the 5th, past the first steps' one-off costs, to the
+# 25th, inside the demo's 50 warm-up steps, whose learning rates do not depend on max_steps.
+BUDGET_PROBE = (5, 25)
+BUDGET_MARGIN = 0.95  # of the time left: validation, samples and checkpoints are not in the timed steps
 NONFINITE_EXIT = 3  # a loss or gradient norm went inf/NaN: not a temporary failure, do not requeue as is
 INTERRUPTED_EXIT = 130  # 128 + SIGINT, the shell's code for a Ctrl-C: a second Ctrl-C aborted, nothing saved
 
@@ -236,6 +240,33 @@ def validate(engine: Engine, cfg: TrainConfig, manifest: Manifest, info: DistInf
     return meter.mean("val") if meter.n else None
 
 
+def size_to_budget(cfg: TrainConfig, step: int, probe_s: float, elapsed_s: float, engine: Engine,
+                   logger: RunLogger, info: DistInfo) -> None:
+    """At the end of the probe: the slowest rank's seconds per step over it, and the time left of the budget, give
+    the steps that fit; max_steps becomes that (never more than given), the schedule follows, config.toml says so."""
+    per_step = dist.all_reduce_max(probe_s / (BUDGET_PROBE[1] - BUDGET_PROBE[0]))
+    left = dist.all_reduce_max(cfg.train.time_budget_min * 60 - elapsed_s)
+    given = cfg.train.max_steps
+    cfg.train.max_steps = min(given, step + max(1, int(BUDGET_MARGIN * left / per_step)))
+    engine.reapply_optim(cfg.optim, cfg.train.max_steps)
+    logger.max_steps = cfg.train.max_steps
+    if info.is_main:
+        (Path(cfg.run.dir) / "config.toml").write_text(config.to_toml(cfg))
+    print0(f"time budget {cfg.train.time_budget_min:g} min: {per_step:.3f} s a step on this machine (steps "
+           f"{BUDGET_PROBE[0] + 1}-{BUDGET_PROBE[1]}), {left / 60:.1f} min left -> train.max_steps {given} -> "
+           f"{cfg.train.max_steps} (written to {Path(cfg.run.dir) / 'config.toml'})")
+
+
+def budget_on_resume(cfg: TrainConfig, meta) -> None:
+    """A run resumed under the same time budget keeps the max_steps its start sized (saved in the checkpoint)."""
+    saved = meta.config.get("train", {})
+    if (cfg.train.time_budget_min > 0 and saved.get("time_budget_min") == cfg.train.time_budget_min
+            and isinstance(saved.get("max_steps"), int) and saved["max_steps"] < cfg.train.max_steps):
+        print0(f"time budget {cfg.train.time_budget_min:g} min: train.max_steps {saved['max_steps']}, as the run's "
+               "start sized it")
+        cfg.train.max_steps = saved["max_steps"]
+
+
 def forever(loader: StreamingLoader) -> Iterator[dict]:
     while True:  # epochs; the loader advances its own epoch counter at each end
         yield from loader
@@ -248,6 +279,9 @@ def train_loop(cfg: TrainConfig, state: TrainState, engine: Engine, loader: Stre
     meter, progress, batches = LossMeter(), Progress(cfg, info), forever(loader)
     run_dir = Path(cfg.run.dir)
     engine.train()
+    # A fresh run under a time budget times its first steps and sizes max_steps from them (size_to_budget).
+    sizing = cfg.train.time_budget_min > 0 and state.step == 0 and cfg.train.max_steps > BUDGET_PROBE[1]
+    t_start = probe_start = time.perf_counter()
     while state.step < cfg.train.max_steps:
         result = train_step(engine, batches, accumulation, cfg, info, meter, stop, state.step + 1)
         if result.bad_rank >= 0:
@@ -255,6 +289,11 @@ def train_loop(cfg: TrainConfig, state: TrainState, engine: Engine, loader: Stre
                              applied=result.applied)
             return NONFINITE_EXIT
         state.step += 1
+        if sizing and state.step == BUDGET_PROBE[0]:
+            probe_start = time.perf_counter()
+        elif sizing and state.step == BUDGET_PROBE[1]:
+            now = time.perf_counter()
+            size_to_budget(cfg, state.step, now - probe_start, now - t_start, engine, logger, info)
         progress.windows = progress.windows + cfg.train.global_batch
         progress.data_wait = progress.data_wait + result.wait
         if state.step % cfg.log.every == 0 or state.step == cfg.train.max_steps:
@@ -336,6 +375,8 @@ def run(argv=None) -> int:
     # ------------------------------------------------------------------ the checkpoint to resume, if any
     try:
         ckpt = find_checkpoint(cfg, info)
+        if ckpt is not None:
+            budget_on_resume(cfg, checkpoint.CheckpointMeta.load(ckpt))
         meta = None if ckpt is None else check_resumable(cfg, ckpt, manifest)
     except CheckpointError as e:
         print0(f"resume error: {e}")

@@ -291,3 +291,21 @@ def test_resume_accepts_a_dropout_change_and_refuses_another_shape(trained_run, 
     res = run_cli("-m", "deepj.train", *common, "model.dropout=0.1", "train.max_steps=5")
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
     assert "resume: model.dropout changed: 0.5 -> 0.1" in res.stdout and "at step 4" in res.stdout
+
+
+def test_a_time_budget_sizes_max_steps_from_the_measured_speed(tiny_shards, tmp_path):
+    """train.time_budget_min: the first steps are timed, max_steps shrinks to what fits (the console says so and
+    config.toml records it), training ends there; the same command again resumes with that size, not the given one."""
+    run = tmp_path / "run"
+    cmd = ("-m", "deepj.train", "--config", "configs/debug.toml", f"data.dir={tiny_shards}", f"run.dir={run}",
+           "log.sample_every=0", "train.val_every=0", "checkpoint.every=0", "train.max_steps=100000",
+           "train.time_budget_min=0.1", "optim.warmup_steps=30")
+    res = run_cli(*cmd, check=True)
+    line = next(ln for ln in res.stdout.splitlines() if ln.startswith("time budget 0.1 min:"))
+    sized = int(line.split("train.max_steps 100000 -> ")[1].split()[0])
+    assert 25 < sized < 100000, line
+    assert f"max_steps = {sized}" in (run / "config.toml").read_text()
+    assert sorted(p.name for p in run.glob("step-*")) == [f"step-{sized:08d}"]
+    res = run_cli(*cmd, check=True)
+    assert f"train.max_steps {sized}, as the run's start sized it" in res.stdout, res.stdout[-2000:]
+    assert sorted(p.name for p in run.glob("step-*")) == [f"step-{sized:08d}"]

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from deepj.config import require
+from deepj.config import finite, require
 from deepj.data.loader import DataConfig
 from deepj.model import ModelConfig
 from deepj.training.checkpoint import CheckpointConfig
@@ -39,12 +39,18 @@ class TrainLoopConfig:
     val_every: int = 200  # optimizer steps between validation passes; 0 = only at the end
     val_batches: int = 8  # validation micro-batches per rank per pass (the same on every rank)
     deterministic: bool = True  # torch.use_deterministic_algorithms: bit-exact resume on CPU
+    # > 0: end training within about this many minutes. The speed of this machine, measured over the first steps,
+    # sizes max_steps (never above the value given), which the console says and config.toml records; a resumed run
+    # keeps the size its start chose. 0 = off: max_steps as given.
+    time_budget_min: float = 0.0
 
     def __post_init__(self) -> None:
         for key in ("max_steps", "global_batch", "micro_batch"):
             require(getattr(self, key) >= 1, f"train.{key}", "at least 1", getattr(self, key))
         for key in ("val_every", "val_batches"):
             require(getattr(self, key) >= 0, f"train.{key}", "at least 0", getattr(self, key))
+        require(finite(self.time_budget_min) and self.time_budget_min >= 0, "train.time_budget_min",
+                "a finite number of minutes >= 0 (0 = off)", self.time_budget_min)
 
 
 @dataclass

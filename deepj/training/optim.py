@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 from typing import Literal
@@ -65,12 +66,14 @@ def apply_optim_config(optimizer: torch.optim.Optimizer, scheduler, cfg: OptimCo
 
     Loading restores the param groups' lr, initial_lr, betas, eps and weight decay and the scheduler's base_lrs as they
     were saved, so a resume with another optim.lr (or betas, eps, weight_decay) would keep the old values while
-    config.toml records the new. The schedule's shape (warm-up, cosine, min_lr_ratio, max_steps) is the lambda built
-    from this config already (LambdaLR saves no function); its base and the current lr are set here, computed as
+    config.toml records the new. The schedule's shape (warm-up, cosine, min_lr_ratio, max_steps) is rebuilt from this
+    config and `max_steps` (LambdaLR saves no function); its base and the current lr are set here, computed as
     LambdaLR does (base * factor), so an unchanged config gives bit-identical values. Returns the learning rate of the
     next step before and after."""
     before = float(optimizer.param_groups[0]["lr"])
     factor = lr_factor(scheduler.last_epoch, cfg, max_steps)
+    # The schedule's shape from here on: this config and max_steps (a time budget may have sized it anew).
+    scheduler.lr_lambdas = [functools.partial(lr_factor, cfg=cfg, max_steps=max_steps) for _ in optimizer.param_groups]
     scheduler.base_lrs = [cfg.lr for _ in optimizer.param_groups]
     for group in optimizer.param_groups:
         group["initial_lr"] = cfg.lr
