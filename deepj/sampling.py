@@ -38,12 +38,26 @@ sampler. The draws run as one batch of (1 + K) * B pieces, so a step costs about
 
 In `play_only` models (BL2012) replay is 0 and volume is 1 where a note plays: the roll is the binary roll of those
 benchmarks; whoever writes MIDI from it picks a velocity.
+
+A primer (a roll of P steps, e.g. a user's MIDI file) is the piece's first P steps, fed to the model as its previous
+steps (teacher forcing); the generated steps follow it, step t at beat (P + t) % 16. "stateful" runs the time axis
+over the primer once, P `time_step` calls from a zero state, the very calls that generating those steps would have
+made, so the state it carries on is exactly that of stepping through the primer (the silence counter and "started"
+flag too: a primer that ends in sound leaves no silence); "window" and "paper" hold the primer as their first previous
+steps, so their windows look back into it. All three stay equal within one window.
+
+A style that changes over the piece (a morph: `style` of shape (B, steps, S)) is embedded anew at each step where it
+changes and read there by every axis: "stateful" copies the embedding into the static buffer the step (and its CUDA
+graph) reads; "window" and "paper" re-run their window step by step, each past step with its own style, as the
+original's per-step style input did (`time_axis` takes one style per call: `window` time steps per generated step, slow,
+but these modes are for measuring). Primer steps get the style of generated step 0.
 """
 
 from __future__ import annotations
 
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
@@ -56,6 +70,7 @@ from deepj.music.constants import NUM_CHANNELS, PLAY, REPLAY, STEPS_PER_BAR, VOL
 
 MODES = ("stateful", "window", "paper")
 GRAPH_WARMUP_STEPS = 3  # eager runs on the capture stream before capture (cuDNN/cuBLAS handles, workspaces)
+PROGRESS_EVERY = 4  # generated steps (a beat) between calls of `generate`'s progress callback
 
 
 @dataclass
@@ -173,28 +188,47 @@ def _redrawn_step(note_loop, model: DeepJ, h: Tensor, u: Tensor, temp: Tensor, s
     return steps[first, torch.arange(b, device=steps.device)]  # (B, N, 3)
 
 
-def _time_window(model: DeepJ, prevs: Tensor, t: int, window: int, style_emb: Tensor) -> Tensor:
+def _time_window(model: DeepJ, prevs: Tensor, t: int, window: int, style_emb: Tensor | list[Tensor]) -> Tensor:
     """The paper's sliding window: the time axis over previous steps max(0, t-window+1) .. t from a zero state.
 
-    prevs: (B, steps+1, N, 3) with prevs[:, s] = the notes of step s-1 (zeros for s = 0). Returns (B, N, H).
+    prevs: (B, steps+1, N, 3) with prevs[:, s] = the notes of step s-1 (zeros for s = 0). style_emb: (B, style_dim)
+    for every step (one time-axis call over the window), or a list with each step's (B, style_dim) (a morph: the
+    window is stepped through, each step with its own style; `time_axis` takes one style per call). Returns (B, N, H).
     """
     lo = max(0, t - window + 1)
+    if isinstance(style_emb, list):
+        beat = prevs.new_zeros(prevs.shape[0], dtype=torch.long)  # (B,)
+        state = None
+        for s in range(lo, t + 1):
+            h, state = model.time_step(prevs[:, s], beat.fill_(s % STEPS_PER_BAR), style_emb[s], state)  # (B, N, H)
+        return h
     prev = prevs[:, lo : t + 1]  # (B, W, N, 3)
     beat = (torch.arange(lo, t + 1, device=prev.device) % STEPS_PER_BAR).expand(prev.shape[0], -1)  # (B, W)
     h, _ = model.time_axis(model.time_features(prev, beat), style_emb)  # (B, W, N, H)
     return h[:, -1]  # (B, N, H): the output for step t
 
 
+def _primer_silence(primer: Tensor) -> tuple[Tensor, Tensor]:
+    """(B, P, N, 3) primer -> the silence counter and "started" flag it leaves, each (B,): the silent steps at its end
+    (P if none sounds), and whether any of its steps sounds."""
+    sounding = (primer[..., PLAY] > 0.5).any(dim=-1)  # (B, P)
+    steps = torch.arange(primer.shape[1], device=primer.device)  # (P,)
+    last = torch.where(sounding, steps, -1).max(dim=1).values  # (B,): the last sounding step, -1 if none
+    return primer.shape[1] - 1 - last, sounding.any(dim=1)
+
+
 class _StatefulStep:
     """One generated step of mode "stateful" on static buffers, run eagerly or replayed as a captured CUDA graph.
 
-    The buffers hold everything a step reads: the previous step, the beat, the step's uniforms, the time-LSTM state
-    and the silence counter. `run` reads them and writes the new step, state and counter back into them, so a graph
-    of one `run`, replayed T times, generates T steps; the caller only fills `beat` and `u` before each step.
+    The buffers hold everything a step reads: the previous step, the beat, the step's uniforms, the style embedding,
+    the time-LSTM state and the silence counter. `run` reads them and writes the new step, state and counter back into
+    them, so a graph of one `run`, replayed T times, generates T steps; the caller only fills `beat` and `u` (and
+    `style_emb`, where the style changes) before each step.
     """
 
     def __init__(self, model: DeepJ, style_emb: Tensor, cfg: SampleConfig):
-        self.model, self.style_emb, self.cfg = model, style_emb, cfg
+        self.model, self.cfg = model, cfg
+        self.style_emb = style_emb.clone()  # (B, style_dim): a buffer of its own, which a morph overwrites per step
         b, n = style_emb.shape[0], model.cfg.num_notes
         dev = style_emb.device
         self.prev = torch.zeros(b, n, NUM_CHANNELS, device=dev)  # (B, N, 3): step t-1 before `run`, step t after
@@ -210,6 +244,24 @@ class _StatefulStep:
         for buf in (self.prev, self.beat, self.u, self.silent, self.started,
                     *(x for hc in self.time_state for x in hc)):
             buf.zero_()
+
+    def prime(self, primer: Tensor) -> None:
+        """At the start of a piece, take a primer (B, P, N, 3) as its first P steps: the time axis stepped through
+        it from the zero state (P `time_step` calls, the ones generating those steps would have made, so the state is
+        exactly theirs), then the buffers as generating them would have left them: the primer's last step as the
+        previous step, its trailing silence as the silence counter, whether it sounded as `started`."""
+        state = self.time_state
+        prev = torch.zeros_like(self.prev)  # (B, N, 3): before the first step, silence
+        for p in range(primer.shape[1]):
+            _, state = self.model.time_step(prev, self.beat.fill_(p % STEPS_PER_BAR), self.style_emb, state)
+            prev = primer[:, p]
+        for (h_buf, c_buf), (h_new, c_new) in zip(self.time_state, state):
+            h_buf.copy_(h_new)
+            c_buf.copy_(c_new)
+        self.prev.copy_(prev)
+        silent, started = _primer_silence(primer)
+        self.silent.copy_(silent)
+        self.started.copy_(started)
 
     def run(self) -> None:
         model = self.model
@@ -269,10 +321,49 @@ def _capture_or_warn(stepper: _StatefulStep) -> float:
     return time.perf_counter() - t0
 
 
+def _check_inputs(model: DeepJ, style: Tensor, cfg: SampleConfig, primer: Tensor | None) -> Tensor | None:
+    """Refuse a style or primer of the wrong shape, naming it; returns the primer as (B, P, N, 3) float32 (or None)."""
+    mcfg = model.cfg
+    if not ((style.ndim == 2 and style.shape[1] == mcfg.num_styles)
+            or (style.ndim == 3 and style.shape[1:] == (cfg.steps, mcfg.num_styles))):
+        raise ValueError(f"deepj.sampling: style must be (batch, {mcfg.num_styles}) for this model, or (batch, "
+                         f"{cfg.steps}, {mcfg.num_styles}) for one style per step, got {tuple(style.shape)}")
+    if primer is None:
+        return None
+    b = style.shape[0]
+    if primer.ndim == 3:
+        primer = primer.unsqueeze(0).expand(b, *primer.shape)
+    want = (b, mcfg.num_notes, NUM_CHANNELS)
+    if primer.ndim != 4 or primer.shape[1] < 1 or (primer.shape[0], *primer.shape[2:]) != want:
+        raise ValueError(f"deepj.sampling: primer must be (steps, {want[1]}, {NUM_CHANNELS}) or ({b}, steps, "
+                         f"{want[1]}, {NUM_CHANNELS}) with at least one step, got {tuple(primer.shape)}")
+    if not primer.is_floating_point() or not bool(torch.isfinite(primer).all()):
+        raise ValueError("deepj.sampling: primer must be a finite float roll")
+    return primer.float()
+
+
+def _style_embeddings(model: DeepJ, style: Tensor, steps: int, device: torch.device) -> list[Tensor]:
+    """The style embedding (B, style_dim) of each generated step: one `embed_style` call per run of equal style
+    vectors, shared by the steps of the run (so a constant style is embedded once, exactly as a (B, S) style)."""
+    if style.ndim == 2:
+        return [model.embed_style(style.to(device, torch.float32))] * steps
+    changes = [True] + (style[:, 1:] != style[:, :-1]).any(dim=2).any(dim=0).tolist()  # (steps,) bool
+    embs: list[Tensor] = []
+    for t, changed in enumerate(changes):
+        embs.append(model.embed_style(style[:, t].contiguous().to(device, torch.float32)) if changed else embs[-1])
+    return embs
+
+
 @torch.no_grad()
 def generate(model: DeepJ, style: Tensor, cfg: SampleConfig, generator: torch.Generator,
-             stats: dict | None = None) -> Tensor:
-    """Sample B pieces at once. style: (B, S) one-hot or mixture. Returns the roll (B, steps, N, 3) float32 on CPU.
+             stats: dict | None = None, *, primer: Tensor | None = None,
+             progress: Callable[[int, int], None] | None = None) -> Tensor:
+    """Sample B pieces at once. Returns the generated roll (B, steps, N, 3) float32 on CPU (without the primer).
+
+    style: (B, S) one-hot or mixture for every step, or (B, steps, S) one per generated step. primer: None, or a roll
+    (P, N, 3) (for every piece) or (B, P, N, 3) that the pieces continue (module docstring); its steps take the style
+    of generated step 0. progress: called as progress(done, steps) every PROGRESS_EVERY generated steps and after the
+    last; an exception it raises stops the generation.
 
     Random numbers come only from `generator` (two uniforms per note and step, drawn on the generator's device, one
     (1 + silence_redraws, B, N, 2) draw per step, outside any CUDA graph), so one seed gives the same pieces in every
@@ -281,10 +372,7 @@ def generate(model: DeepJ, style: Tensor, cfg: SampleConfig, generator: torch.Ge
     generated the steps) and "capture_s" (seconds spent capturing it, 0 if not).
     """
     mcfg = model.cfg
-    if style.ndim != 2 or style.shape[1] != mcfg.num_styles:
-        raise ValueError(
-            f"deepj.sampling: style must be (batch, {mcfg.num_styles}) for this model, got {tuple(style.shape)}"
-        )
+    primer = _check_inputs(model, style, cfg, primer)
     param = next(model.parameters())
     if param.dtype != torch.float32:
         raise ValueError(f"deepj.sampling: the model's weights are {param.dtype}; sampling runs in float32: pass "
@@ -294,39 +382,60 @@ def generate(model: DeepJ, style: Tensor, cfg: SampleConfig, generator: torch.Ge
     model.eval()
     try:
         b, n, steps = style.shape[0], mcfg.num_notes, cfg.steps
-        style_emb = model.embed_style(style.to(device, torch.float32))  # (B, style_dim)
-        # prevs[:, t] holds the notes of step t-1 (the model's `prev` input at step t); step t is written to [:, t+1].
-        prevs = torch.zeros(b, steps + 1, n, NUM_CHANNELS, device=device)  # (B, steps+1, N, 3)
+        lead = 0 if primer is None else primer.shape[1]  # P: steps of the piece before the first generated one
+        embs = _style_embeddings(model, style, steps, device)  # per generated step, (B, style_dim)
+        # prevs[:, s] holds the notes of step s-1 of the piece (the model's `prev` input at step s): the primer in
+        # [:, 1 : P+1], generated step t (step P+t of the piece) written to [:, P+t+1].
+        prevs = torch.zeros(b, lead + steps + 1, n, NUM_CHANNELS, device=device)  # (B, P+steps+1, N, 3)
+        if primer is not None:
+            primer = primer.to(device)
+            prevs[:, 1 : lead + 1] = primer
 
         def uniforms() -> Tensor:  # (D, B, N, {play, replay}) for one step: the same draw in every mode
             shape = (1 + cfg.silence_redraws, b, n, 2)
             return torch.rand(shape, generator=generator, device=generator.device).to(device)
 
+        def report(t: int) -> None:  # after generated step t
+            if progress is not None and ((t + 1) % PROGRESS_EVERY == 0 or t + 1 == steps):
+                progress(t + 1, steps)
+
         capture_s, graphed = 0.0, False
         if cfg.mode == "stateful":
-            stepper = _StatefulStep(model, style_emb, cfg)
+            stepper = _StatefulStep(model, embs[0], cfg)
             if cfg.cuda_graph and device.type == "cuda":
-                capture_s = _capture_or_warn(stepper)
+                capture_s = _capture_or_warn(stepper)  # before priming: capture resets the buffers
                 graphed = stepper.graph is not None
+            if primer is not None:
+                stepper.prime(primer)
             for t in range(steps):
-                prevs[:, t + 1] = stepper(t, uniforms())
+                if t and embs[t] is not embs[t - 1]:
+                    stepper.style_emb.copy_(embs[t])
+                prevs[:, lead + t + 1] = stepper(lead + t, uniforms())
+                report(t)
         else:
             note_loop = _note_loop if cfg.mode == "window" else _paper_note_loop
-            silent = torch.zeros(b, dtype=torch.long, device=device)  # (B,) consecutive silent steps so far
-            started = torch.zeros(b, dtype=torch.bool, device=device)  # (B,) a step has sounded
+            # A morph steps through each window with every step's own style; primer steps have generated step 0's.
+            window_embs = embs[0] if len(set(map(id, embs))) == 1 else [embs[0]] * lead + embs
+            if primer is None:
+                silent = torch.zeros(b, dtype=torch.long, device=device)  # (B,) consecutive silent steps so far
+                started = torch.zeros(b, dtype=torch.bool, device=device)  # (B,) a step has sounded
+            else:
+                silent, started = _primer_silence(primer)
             for t in range(steps):
-                prev_step = prevs[:, t]  # (B, N, 3)
+                s = lead + t  # the step of the piece
+                prev_step = prevs[:, s]  # (B, N, 3)
                 temp = silence_temperature(silent, cfg)  # (B,)
-                h = _time_window(model, prevs, t, cfg.window, style_emb)  # (B, N, H)
+                h = _time_window(model, prevs, s, cfg.window, window_embs)  # (B, N, H)
                 redraw = (silent == 0) | ~started  # (B,): this step would begin a silence
-                step = _redrawn_step(note_loop, model, h, uniforms(), temp, prev_step[..., PLAY] > 0.5, style_emb,
+                step = _redrawn_step(note_loop, model, h, uniforms(), temp, prev_step[..., PLAY] > 0.5, embs[t],
                                      redraw)  # (B, N, 3)
-                prevs[:, t + 1] = step
+                prevs[:, s + 1] = step
                 sounding = (step[..., PLAY] > 0.5).any(dim=-1)  # (B,)
                 silent = torch.where(sounding, torch.zeros_like(silent), silent + 1)
                 started |= sounding
+                report(t)
         if stats is not None:
             stats.update(cuda_graph=graphed, capture_s=capture_s)
-        return prevs[:, 1:].float().cpu()  # (B, steps, N, 3)
+        return prevs[:, lead + 1 :].float().cpu()  # (B, steps, N, 3)
     finally:
         model.train(was_training)

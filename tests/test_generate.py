@@ -1,4 +1,5 @@
-"""`python -m deepj.generate`: valid MIDI of the requested length in range, by style name and blend; clear errors."""
+"""`python -m deepj.generate`: valid MIDI of the requested length in range, by style name and blend, continuing a MIDI
+file; clear errors (the primer's and morph's refusals: tests/test_compose.py)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ from pathlib import Path
 
 import pretty_midi
 from conftest import run_cli
+from midi_files import MidiSpec, Q, note, track, write_spec
 
 from deepj.music.midi_io import read_midi
 from deepj.music.representation import ReprConfig
@@ -71,3 +73,18 @@ def test_run_without_complete_checkpoint_is_clear(tmp_path):
     res = generate(tmp_path / "run", tmp_path / "out", "--style", "baroque")
     assert res.returncode == 2
     assert "no complete checkpoint" in res.stderr and "COMPLETE" in res.stderr
+
+
+def test_primer_and_morph_as_a_user_runs_them(trained_run, tmp_path):
+    primer = write_spec(MidiSpec([track(note(0, 8 * Q, 60), note(8 * Q, 20 * Q, 64, 70))]), tmp_path / "mine.mid")
+    res = generate(trained_run, tmp_path / "out", "--style", "baroque", "--morph-to", "classical", "--bars", "2",
+                   "--primer", str(primer), "--morph-bars", "1:2")
+    assert res.returncode == 0, res.stderr
+    assert "first 20 steps (1.25 bars) are the primer" in res.stdout and "morphing over bars 1-2" in res.stdout
+    grid = read_midi(tmp_path / "out" / "piece-00.mid", ReprConfig())
+    first = grid[grid["start"] < 20]
+    assert [(n["pitch"], n["start"]) for n in first] == [(60, 0), (64, 8)]  # the primer, then the continuation
+    assert int(grid["end"].max()) <= 20 + 32
+    res = generate(trained_run, tmp_path / "bad", "--style", "baroque", "--primer", str(tmp_path / "out"))
+    assert res.returncode == 2 and "is not a MIDI file" not in res.stderr and "cannot be read" in res.stderr
+    assert not (tmp_path / "bad").exists()

@@ -247,6 +247,107 @@ def test_failed_capture_warns_in_one_line_and_leaves_the_step_eager(monkeypatch)
     assert stepper.graph is None and int(stepper.silent.sum()) == 0  # reset: the piece starts from silence
 
 
+# ------------------------------------------------------------------------------------------------ primer and morph
+def _primer(b: int, p: int, n: int = 12, seed: int = 0) -> torch.Tensor:
+    """A valid roll (B, P, N, 3): a fifth of the cells play, replays only where the note sounded the step before."""
+    g = torch.Generator().manual_seed(seed)
+    play = (torch.rand(b, p, n, generator=g) < 0.2).float()
+    before = torch.cat([torch.zeros(b, 1, n), play[:, :-1]], dim=1)
+    replay = play * before * (torch.rand(b, p, n, generator=g) < 0.5).float()
+    return torch.stack([play, replay, play * torch.rand(b, p, n, generator=g)], dim=-1)
+
+
+def _morph(steps: int) -> torch.Tensor:
+    """(2, steps, 2): piece 0 moves from style 0 to style 1 step by step, piece 1 the other way."""
+    w = torch.linspace(0, 1, steps)
+    return torch.stack([torch.stack([1 - w, w], dim=-1), torch.stack([w, 1 - w], dim=-1)])
+
+
+def test_primed_state_equals_stepping_through_the_primer():
+    m = _model().eval()
+    primer = _primer(2, 21)
+    primer[0, -1, 4] = torch.tensor([1.0, 0.0, 0.5])  # piece 0 ends in sound
+    primer[1, -5:] = 0  # piece 1 in 5 silent steps
+    emb = m.embed_style(torch.tensor([[1.0, 0.0], [0.3, 0.7]])).detach()
+    stepper = deepj.sampling._StatefulStep(m, emb, SampleConfig())
+    with torch.no_grad():  # as in generate (with autograd on, CPU LSTMs take another path that rounds otherwise)
+        stepper.prime(primer)
+    # By hand: the time axis at step p reads step p-1 (silence before step 0) at beat p % 16, from a zero state.
+    prev = torch.cat([torch.zeros(2, 1, 12, 3), primer[:, :-1]], dim=1)  # (B, P, N, 3)
+    beat = torch.arange(21) % 16
+    state = None
+    with torch.no_grad():
+        for p in range(21):
+            _, state = m.time_step(prev[:, p], beat[p].expand(2), emb, state)
+        _, whole = m.time_axis(m.time_features(prev, beat.expand(2, -1)), emb)  # one call over the whole primer
+    for (h, c), (h_ref, c_ref), (h_seq, c_seq) in zip(stepper.time_state, state, whole):
+        assert torch.equal(h, h_ref) and torch.equal(c, c_ref)
+        torch.testing.assert_close(h, h_seq, rtol=0, atol=1e-6)  # whole-sequence kernels may round differently
+        torch.testing.assert_close(c, c_seq, rtol=0, atol=1e-6)
+    assert torch.equal(stepper.prev, primer[:, -1])
+    assert stepper.silent.tolist() == [0, 5] and stepper.started.tolist() == [True, True]
+
+
+def test_primer_silence_is_its_trailing_silence():
+    primer = torch.zeros(3, 6, 12, 3)
+    primer[0, 5, 3, 0] = 1  # sounds at its last step
+    primer[1, 1, 0, 0] = 1  # sounds at step 1, then 4 silent steps
+    silent, started = deepj.sampling._primer_silence(primer)  # piece 2 never sounds
+    assert silent.tolist() == [0, 4, 6] and started.tolist() == [True, True, False]
+
+
+def test_a_primer_is_continued_alike_in_every_mode():
+    m = _model()
+    style, primer = torch.tensor([[1.0, 0.0], [0.5, 0.5]]), _primer(2, 21)
+
+    def gen(mode, primer=primer, window=41):
+        cfg = SampleConfig(steps=20, mode=mode, window=window)
+        return generate(m, style, cfg, torch.Generator().manual_seed(5), primer=primer)
+
+    stateful = gen("stateful")
+    assert stateful.shape == (2, 20, 12, 3)  # the generated steps only
+    assert 0 < stateful[..., 0].mean() < 1 and stateful[..., 1].sum() > 0
+    # The window modes re-run the time axis over the primer and what follows, beats counted from the primer's start.
+    for mode in ("window", "paper"):
+        other = gen(mode)
+        assert torch.equal(stateful[..., :2], other[..., :2]), mode
+        torch.testing.assert_close(stateful[..., 2], other[..., 2], atol=1e-6, rtol=0)
+    assert not torch.equal(stateful, _gen(m, 5, style=style, steps=20))  # the primer is heard
+    assert not torch.equal(gen("window", window=4), gen("window"))  # ... and a short window forgets it
+    assert torch.equal(gen("stateful", primer=primer[0]), gen("stateful", primer=primer[0].expand(2, -1, -1, -1)))
+
+
+def test_a_morph_is_read_step_by_step_alike_in_every_mode():
+    m = _model()
+    style, primer = _morph(20), _primer(2, 5)
+
+    def gen(mode, style=style):
+        cfg = SampleConfig(steps=20, mode=mode, window=25)
+        return generate(m, style, cfg, torch.Generator().manual_seed(5), primer=primer)
+
+    stateful = gen("stateful")
+    for mode in ("window", "paper"):  # each past step of the window re-run with its own style
+        other = gen(mode)
+        assert torch.equal(stateful[..., :2], other[..., :2]), mode
+        torch.testing.assert_close(stateful[..., 2], other[..., 2], atol=1e-6, rtol=0)
+    constant = gen("stateful", style[:, 0])  # step 0's style throughout
+    assert torch.equal(stateful[:, 0], constant[:, 0]) and not torch.equal(stateful, constant)
+    # A (B, steps, S) style that never changes is the (B, S) call, bit for bit.
+    assert torch.equal(gen("stateful", style[:, :1].expand(-1, 20, -1)), constant)
+
+
+def test_primer_and_per_step_style_shapes_are_checked():
+    m, g = _model(), torch.Generator()
+    cfg = SampleConfig(steps=4)
+    with pytest.raises(ValueError, match=r"or \(batch, 4, 2\) for one style per step, got \(1, 5, 2\)"):
+        generate(m, torch.ones(1, 5, 2), cfg, g)
+    for bad in (torch.zeros(3, 6, 12, 3), torch.zeros(6, 11, 3), torch.zeros(0, 12, 3), torch.zeros(12, 3)):
+        with pytest.raises(ValueError, match="primer must be"):
+            generate(m, torch.eye(2), cfg, g, primer=bad)
+    with pytest.raises(ValueError, match="finite float roll"):
+        generate(m, torch.eye(2), cfg, g, primer=torch.full((2, 12, 3), float("nan")))
+
+
 # ------------------------------------------------------------------------------------------------ CUDA (device)
 def _gen_cuda(model, seed, steps, style, **kw):
     stats = {}
@@ -306,3 +407,17 @@ def test_modes_equal_on_cuda_within_one_window():
     for mode in ("window", "paper"):
         assert torch.equal(rolls["stateful"][..., :2], rolls[mode][..., :2]), mode
         torch.testing.assert_close(rolls["stateful"][..., 2], rolls[mode][..., 2], atol=1e-5, rtol=0)
+
+
+@pytest.mark.gpu
+@needs_cuda
+def test_cuda_graph_with_a_primer_and_a_morph_equals_eager():
+    """The primer is run eagerly into the graph's buffers after capture; a morph is copied into its style buffer."""
+    m = _model().cuda()
+    rolls = []
+    for graph in (False, True):
+        stats = {}
+        rolls.append(generate(m, _morph(40).cuda(), SampleConfig(steps=40, cuda_graph=graph),
+                              torch.Generator(device="cuda").manual_seed(3), stats, primer=_primer(2, 19).cuda()))
+        assert stats["cuda_graph"] == graph
+    assert rolls[0][..., 0].sum() > 0 and torch.equal(*rolls)

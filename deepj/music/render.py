@@ -45,7 +45,9 @@ def roll_image(roll: np.ndarray, scale: int = 3) -> np.ndarray:
     return np.kron(img, np.ones((scale, scale, 1), dtype=np.uint8))
 
 
-def save_png(roll: np.ndarray, path: str | Path, title: str = "") -> Path:
+def save_png(roll: np.ndarray, path: str | Path, title: str = "", mark_step: int | None = None) -> Path:
+    """The roll as a titled picture with bar numbers; `mark_step` draws a red line before that step (where a primer
+    ends and the generated music begins)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -62,6 +64,8 @@ def save_png(roll: np.ndarray, path: str | Path, title: str = "") -> Path:
     ax.set_yticks([])
     if title:
         ax.set_title(title, fontsize=9)
+    if mark_step is not None:
+        ax.axvline(mark_step - 0.5, color="tab:red", linewidth=1.5, linestyle="--")
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
