@@ -4,7 +4,7 @@ NPROC ?= 2
 RUN ?= runs/demo
 SHARDS ?= shards/demo
 
-.PHONY: install install-test demo test test-fast clean-demo
+.PHONY: install install-test demo studio test test-fast clean-demo
 
 install:
 	bash launcher/setup.sh $(PY)
@@ -17,6 +17,10 @@ demo: install
 	$(PY) -m deepj.preprocess demo $(SHARDS)
 	$(PY) -m torch.distributed.run --standalone --nproc_per_node=$(NPROC) -m deepj.train --config configs/demo.toml data.dir=$(SHARDS) run.dir=$(RUN)
 	$(PY) -m deepj.demo_report $(RUN)
+
+# The studio's page for the demo run (or RUN=...): style sliders, a primer to continue, a morph; Ctrl-C stops it.
+studio: install
+	$(PY) -m deepj.studio $(RUN)
 
 test: install-test
 	$(PY) -m pytest -q
