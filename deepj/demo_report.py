@@ -39,6 +39,7 @@ def main(argv=None) -> int:
     print(f"samples:      {out}/<style>/piece-00.mid, .png{audio}")
     print(f"tensorboard:  tensorboard --logdir {Path(args.run) / 'tb'}")
     print(f"more music:   python -m deepj.generate {args.run} --style {periods[0]} --bars 32 --num 4")
+    print(f"in a browser: python -m deepj.studio {args.run}   (make studio): sliders, your MIDI continued, morphs")
     return 0
 
 

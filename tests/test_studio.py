@@ -227,3 +227,20 @@ def test_missing_checkpoint_and_busy_port_are_refused(trained_run, tmp_path):
         port = busy.getsockname()[1]
         res = run_cli("-m", "deepj.studio", str(trained_run), "--port", str(port), timeout=120)
     assert res.returncode == 2 and f"cannot serve on 127.0.0.1:{port}" in res.stderr, res.stderr
+
+
+def test_the_page_and_the_cli_give_the_same_pieces_for_one_seed(studio, trained_run, tmp_path):
+    """A job of the page and `deepj.generate` with the same styles, morph, primer and seed write the same notes."""
+    from deepj import generate
+
+    primer = write_midi_file(tmp_path / "primer.mid", [(60, 0, 0.5), (64, 0.5, 1.0), (67, 1.0, 2.0)])
+    res = studio.run(Form(weights={"baroque/bach": 1}, bars=2, pieces=2, seed=11, primer=str(primer),
+                          primer_all=True, morph=True, morph_weights={"classical/mozart": 1}, morph_from=1,
+                          morph_to=2))
+    out = tmp_path / "cli"
+    assert generate.main([str(trained_run), "--style", "baroque/bach=1", "--bars", "2", "--num", "2", "--seed", "11",
+                          "--primer", str(primer), "--morph-to", "classical/mozart=1", "--morph-bars", "1:2",
+                          "--out", str(out)]) == 0
+    for i, piece in enumerate(res.pieces):
+        page, cli = (read_midi(p, studio.meta.representation) for p in (piece.midi, out / f"piece-{i:02d}.mid"))
+        assert page.tolist() == cli.tolist() and len(page) > 0
