@@ -262,7 +262,8 @@ def split_totals(shards: list[ShardEntry], splits) -> dict[str, Any]:
 
 # --------------------------------------------------------------------------------------------------- the run
 
-def _read_all(corpus: Corpus, settings: Settings, pool, workers: int, staging: Path, progress: bool):
+def _read_all(corpus: Corpus, settings: Settings, repr_cfg: ReprConfig, pool, workers: int, staging: Path,
+              progress: bool):
     """Read every piece (in parallel, results in source order) into the spool files.
 
     -> written [(piece index, spool file, offset, length, steps, notes)], skipped [{"file", "reason", "detail"}].
@@ -282,7 +283,6 @@ def _read_all(corpus: Corpus, settings: Settings, pool, workers: int, staging: P
             continue
         todo.append(i)
     max_bytes = int(settings.max_file_mb * 2**20)
-    repr_cfg = settings.validate()
     tasks = [(str(corpus.pieces[i].path), repr_cfg, settings.min_steps, settings.parser, settings.max_steps,
               settings.max_silence, max_bytes) for i in todo]
     if pool is not None:
@@ -378,7 +378,7 @@ def _run(corpus: Corpus, input_spec: str, folder: OutputFolder, settings: Settin
 
         pool = mp.Pool(min(workers, len(pieces)), initializer=_open_spool, initargs=(str(staging),))
     try:
-        written, skipped = _read_all(corpus, settings, pool, workers, staging, progress)
+        written, skipped = _read_all(corpus, settings, repr_cfg, pool, workers, staging, progress)
         skipped = sorted(corpus.skipped + skipped, key=lambda s: s["file"])
         if not written:
             counts = f"all {len(pieces) + len(corpus.skipped)} files were skipped ({_counts_text(skipped)})"

@@ -342,7 +342,7 @@ def merge(work: str | Path, out_dir: str | Path, *, remove_slices: bool = False)
         rewritten = 0
         for split in present:
             n = 0
-            for s in made:
+            for si, s in enumerate(made):
                 manifest = s["manifest"]
                 mapping = [new_id[st] for st in manifest.styles.styles]
                 first = manifest.shard_first_piece()
@@ -352,7 +352,7 @@ def merge(work: str | Path, out_dir: str | Path, *, remove_slices: bool = False)
                     name = f"{split}-{n:06d}.tar"
                     src = s["dir"] / "shards" / entry.name
                     rec = manifest.pieces.records(np.arange(first[i], first[i + 1])).copy()
-                    drop = drops.get((made.index(s), i), frozenset())
+                    drop = drops.get((si, i), frozenset())
                     if all(mapping[k] == k for k in np.unique(rec["style"])) and not drop:
                         _place(src, staging / name)
                         new = dataclasses.replace(entry, name=name)

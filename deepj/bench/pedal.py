@@ -36,25 +36,30 @@ from deepj.music.representation import ReprConfig, quantize
 READINGS = {"no pedal": {}, "sustain": {"sustain": True}, "sustain+sostenuto": {"sustain": True, "sostenuto": True}}
 
 
-def seconds(ticks: np.ndarray, path: Path) -> np.ndarray:
-    """Ticks -> seconds through the file's tempo map (symusic's tempo events; 120 bpm before the first)."""
-    import symusic
+class Clock:
+    """A file's ticks -> seconds through its tempo map (symusic's tempo events; 120 bpm before the first), read once."""
 
-    score = symusic.Score(str(path))
-    tpq = score.ticks_per_quarter
-    tempos = sorted((int(t.time), float(t.mspq)) for t in score.tempos) or [(0, 500_000.0)]
-    if tempos[0][0] > 0:
-        tempos.insert(0, (0, 500_000.0))
-    at = np.array([t for t, _ in tempos], np.float64)
-    spt = np.array([m for _, m in tempos], np.float64) / 1e6 / tpq  # seconds per tick from each change on
-    base = np.concatenate([[0.0], np.cumsum(np.diff(at) * spt[:-1])])  # seconds at each change
-    k = np.searchsorted(at, ticks, side="right") - 1
-    return base[k] + (ticks - at[k]) * spt[k]
+    def __init__(self, path: Path):
+        import symusic
+
+        score = symusic.Score(str(path))
+        tpq = score.ticks_per_quarter
+        tempos = sorted((int(t.time), float(t.mspq)) for t in score.tempos) or [(0, 500_000.0)]
+        if tempos[0][0] > 0:
+            tempos.insert(0, (0, 500_000.0))
+        self.at = np.array([t for t, _ in tempos], np.float64)
+        self.spt = np.array([m for _, m in tempos], np.float64) / 1e6 / tpq  # seconds per tick from each change on
+        self.base = np.concatenate([[0.0], np.cumsum(np.diff(self.at) * self.spt[:-1])])  # seconds at each change
+
+    def __call__(self, ticks: np.ndarray) -> np.ndarray:
+        k = np.searchsorted(self.at, ticks, side="right") - 1
+        return self.base[k] + (ticks - self.at[k]) * self.spt[k]
 
 
 def measure(path: Path, cfg: ReprConfig, group: str = ".") -> dict[str, Any]:
     """One file's figures for each reading (see the module docstring)."""
     out: dict[str, Any] = {"file": path.name, "group": group}
+    seconds = Clock(path)
     for name, pedals in READINGS.items():
         t0 = time.perf_counter()
         pitch, start, end, vel, tpq = read_tick_notes(path, **pedals)
@@ -65,29 +70,30 @@ def measure(path: Path, cfg: ReprConfig, group: str = ".") -> dict[str, Any]:
         lengths = (notes["end"].astype(np.int64) - notes["start"]).astype(np.int64)
         out[f"polyphony {name}"] = float(lengths.sum() / max(steps, 1))
         out[f"median_steps {name}"] = float(np.median(lengths)) if len(lengths) else 0.0
-        out[f"median_ms {name}"] = float(np.median(seconds(end[keep], path) - seconds(start[keep], path)) * 1e3)
+        out[f"median_ms {name}"] = float(np.median(seconds(end[keep]) - seconds(start[keep])) * 1e3)
         if name == "no pedal":
             out["notes"], out["steps"] = int(keep.sum()), steps
             for label, step in (("16th", tpq / STEPS_PER_BEAT), ("32nd", tpq / STEPS_PER_BEAT / 2)):
                 exact = start[keep] / step
-                on_s = seconds(start[keep], path)
-                grid_s = seconds(np.floor(exact + 0.5) * step, path)
+                on_s = seconds(start[keep])
+                grid_s = seconds(np.floor(exact + 0.5) * step)
                 out[f"onset_moved_ms {label}"] = float(np.mean(np.abs(on_s - grid_s)) * 1e3)
                 merged = quantize(pitch, start, end, vel, tpq * step / (tpq / STEPS_PER_BEAT), cfg)
                 out[f"merged {label}"] = int(keep.sum()) - len(merged)
-            out["step_ms"] = float(np.median(np.diff(seconds(np.array([0.0, tpq / STEPS_PER_BEAT]), path))) * 1e3)
+            out["step_ms"] = float(np.median(np.diff(seconds(np.array([0.0, tpq / STEPS_PER_BEAT])))) * 1e3)
     return out
 
 
 def score_figures(path: Path, cfg: ReprConfig) -> dict[str, Any]:
     pitch, start, end, vel, tpq = read_tick_notes(path)
+    seconds = Clock(path)
     keep = (pitch >= cfg.min_pitch) & (pitch < cfg.max_pitch) & (vel > 0)
     notes = quantize(pitch, start, end, vel, tpq, cfg)
     steps = int(notes["end"].max()) if len(notes) else 0
     lengths = (notes["end"].astype(np.int64) - notes["start"]).astype(np.int64)
     return {"score": path.name, "score group": path.parent.name,
             "score polyphony": float(lengths.sum() / max(steps, 1)),
-            "score median_ms": float(np.median(seconds(end[keep], path) - seconds(start[keep], path)) * 1e3)}
+            "score median_ms": float(np.median(seconds(end[keep]) - seconds(start[keep])) * 1e3)}
 
 
 def read_pairs(pairs: Path) -> list[tuple[Path, Path]]:

@@ -95,13 +95,6 @@ def scan(data: bytes, tracks: list[tuple[int, int]], controllers: tuple[int, ...
     return PedalEvents(arr, channels, np.array(keys, np.int64) if with_notes else None)
 
 
-def has_controllers(data: bytes) -> bool:
-    """Whether the file may hold a controller event: one needs at least one explicit 0xBn status byte. A cheap
-    filter (text and delta bytes can match too), so that files without any skip the walk."""
-    arr = np.frombuffer(data, np.uint8)
-    return bool(np.any((arr & 0xF0) == 0xB0))
-
-
 def _down_intervals(ev: np.ndarray, piece_end: int) -> tuple[np.ndarray, np.ndarray]:
     """One channel's events of one controller (tick, value; file order) -> the ticks [down, up) it is down. The
     state after a tick is that of its last event; a pedal still down at the end lifts at `piece_end`."""
@@ -137,7 +130,8 @@ def _note_masks(events: PedalEvents, pitch: np.ndarray, start: np.ndarray) -> np
 
 def controller_chunks(data: bytes, tracks: list[tuple[int, int]]) -> int:
     """How many track chunks hold a byte 0xBn, which every controller event needs (as its status, or before it as
-    the running status); a chunk without one holds no controller event."""
+    the running status); a chunk without one holds no controller event. A cheap filter (text and delta bytes can
+    match too): a file with none skips everything else."""
     arr = np.frombuffer(data, np.uint8)
     return sum(bool(np.any((arr[a:b] & 0xF0) == 0xB0)) for a, b in tracks)
 
@@ -152,9 +146,10 @@ def apply_pedals(data: bytes, tracks: list[tuple[int, int]], pitch: np.ndarray, 
     another channel does not act on these notes. The walk is then not needed (0.27 us an event in Python: it made
     reading a MAESTRO file 6 times slower)."""
     controllers = (SUSTAIN,) * sustain + (SOSTENUTO,) * sostenuto
-    if len(pitch) == 0 or not controllers or not has_controllers(data):
+    chunks = controller_chunks(data, tracks) if len(pitch) and controllers else 0
+    if chunks == 0:
         return end
-    if controls is not None and len(controls) and controller_chunks(data, tracks) == 1:
+    if controls is not None and len(controls) and chunks == 1:
         mine = controls[np.isin(controls[:, 1], controllers)]
         cc = np.stack([mine[:, 0], np.zeros(len(mine), np.int64), mine[:, 1], mine[:, 2]], axis=1)
         return _lengthen(cc, controllers, np.ones(len(pitch), np.int64), start, end)

@@ -45,9 +45,10 @@ def roll_image(roll: np.ndarray, scale: int = 3) -> np.ndarray:
     return np.kron(img, np.ones((scale, scale, 1), dtype=np.uint8))
 
 
-def save_png(roll: np.ndarray, path: str | Path, title: str = "", mark_step: int | None = None) -> Path:
+def save_png(roll: np.ndarray, path: str | Path, title: str = "", mark_step: int | None = None,
+             shade: tuple[int, int] | None = None) -> Path:
     """The roll as a titled picture with bar numbers; `mark_step` draws a red line before that step (where a primer
-    ends and the generated music begins)."""
+    ends and the generated music begins), `shade` the steps [first, last) of a morph."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -55,7 +56,7 @@ def save_png(roll: np.ndarray, path: str | Path, title: str = "", mark_step: int
 
     path = Path(path)
     img = roll_image(roll, scale=1)
-    fig, ax = plt.subplots(figsize=(max(6, img.shape[1] / 60), 3), dpi=120)
+    fig, ax = plt.subplots(figsize=(min(max(6, img.shape[1] / 60), 24), 3), dpi=120)  # 128 bars: 24 in
     ax.imshow(img, aspect="auto", interpolation="nearest")
     ax.set_xlabel("bar")
     ax.set_ylabel("pitch")
@@ -64,8 +65,12 @@ def save_png(roll: np.ndarray, path: str | Path, title: str = "", mark_step: int
     ax.set_yticks([])
     if title:
         ax.set_title(title, fontsize=9)
+    if shade is not None:
+        ax.axvspan(shade[0] - 0.5, shade[1] - 0.5, color="tab:green", alpha=0.12, lw=0)
+        ax.text(shade[0], 1, "morph", color="tab:green", fontsize=7, va="top")
     if mark_step is not None:
         ax.axvline(mark_step - 0.5, color="tab:red", linewidth=1.5, linestyle="--")
+        ax.text(mark_step + 1, img.shape[0] - 2, "primer ends", color="tab:red", fontsize=7)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)

@@ -22,7 +22,7 @@ from deepj.compose import MAX_BARS, MAX_PIECES, MAX_PRIMER_BARS, MAX_SEED, Piece
 from deepj.model import DeepJ
 from deepj.music.constants import STEPS_PER_BAR
 from deepj.music.midi_io import write_midi
-from deepj.music.render import audio_available, render_wav, roll_image
+from deepj.music.render import audio_available, render_wav, save_png
 from deepj.music.styles import StyleTree, slug
 from deepj.sampling import SampleConfig
 from deepj.training.checkpoint import CheckpointMeta
@@ -162,35 +162,6 @@ def morph_span(styles: np.ndarray) -> tuple[int, int] | None:
     return (int(moving[0]), int(moving[-1]) + 2) if len(moving) else None
 
 
-def save_roll_png(roll: np.ndarray, path: Path, title: str, primer_steps: int,
-                  morph: tuple[int, int] | None) -> Path:
-    """The piano roll (render.roll_image) with bar numbers, a line where the primer ends and the morph's steps
-    shaded: what the page shows for a piece."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    img = roll_image(roll, scale=1)
-    fig, ax = plt.subplots(figsize=(min(max(10.0, img.shape[1] / 40), 24.0), 3.0), dpi=110)  # 64 + 64 bars: 24 in
-    ax.imshow(img, aspect="auto", interpolation="nearest")
-    bars = np.arange(0, img.shape[1], STEPS_PER_BAR)
-    ax.set_xticks(bars, [str(b // STEPS_PER_BAR + 1) for b in bars], fontsize=6)
-    ax.set_yticks([])
-    ax.set_xlabel("bar", fontsize=7)
-    if morph is not None:
-        ax.axvspan(morph[0] - 0.5, morph[1] - 0.5, color="tab:green", alpha=0.12, lw=0)
-        ax.text(morph[0], 1, "morph", color="tab:green", fontsize=7, va="top")
-    if primer_steps:
-        ax.axvline(primer_steps - 0.5, color="tab:red", lw=1.5, ls="--")
-        ax.text(primer_steps + 1, img.shape[0] - 2, "primer ends", color="tab:red", fontsize=7)
-    ax.set_title(title, fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return path
-
-
 class Studio:
     """A loaded model and what the page needs around it. `run` is called by the page's queue one job at a time; the
     lock keeps it so should anything else call it meanwhile (the model's sampler is not re-entrant)."""
@@ -227,7 +198,7 @@ class Studio:
         morph = morph_span(piece.styles) if request.morph_to else None
         title = f"piece {i + 1}: {describe_mix(request.styles)}" + (
             f" -> {describe_mix(request.morph_to)}" if request.morph_to else "")
-        png = save_roll_png(piece.roll, stem.with_suffix(".png"), title, piece.primer_steps, morph)
+        png = save_png(piece.roll, stem.with_suffix(".png"), title, mark_step=piece.primer_steps or None, shade=morph)
         wav = render_wav(midi, stem.with_suffix(".wav")) if self.audio else None
         steps = piece.roll.shape[0]
         lines = [f"**Piece {i + 1} of {num}**: {steps / STEPS_PER_BAR:g} bars, {len(piece.notes)} notes; generated "
