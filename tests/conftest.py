@@ -12,6 +12,13 @@ import pytest
 import torch
 
 REPO = Path(__file__).resolve().parent.parent
+# The BL2012 .mat files live in the shared data folder beside the repository; a clone elsewhere finds them through
+# $DEEPJ_BL2012_DIR or the project's fixed location.
+_BL2012_CANDIDATES = [Path(os.environ["DEEPJ_BL2012_DIR"])] if os.environ.get("DEEPJ_BL2012_DIR") else []
+_BL2012_CANDIDATES += [REPO.parent / "shared" / "data" / "bl2012", Path("/work/shared/data/bl2012")]
+BL2012_DIR = next((d for d in _BL2012_CANDIDATES if (d / "JSB_Chorales.mat").is_file()), _BL2012_CANDIDATES[0])
+needs_bl2012 = pytest.mark.skipif(not (BL2012_DIR / "JSB_Chorales.mat").is_file(),
+                                  reason=f"BL2012 data not found in {BL2012_DIR}")
 
 
 def write_random_piece(path: Path, rng: np.random.Generator, bars: int, low: int, high: int, tempo: float = 120.0):

@@ -5,37 +5,24 @@ from __future__ import annotations
 
 import json
 import math
-import os
-from pathlib import Path
 
 import numpy as np
 import pytest
 import scipy.io
 import torch
-from conftest import REPO, run_cli
+from conftest import BL2012_DIR, REPO, needs_bl2012, run_cli
 
 from deepj import config
-from deepj.bench.bl2012 import (
-    NUM_KEYS,
-    BL2012Config,
-    BL2012Error,
-    bernoulli_baseline,
-    epoch_crops,
-    evaluate_pieces,
-    make_batch,
-    read_bl2012,
-)
+from deepj.bench.bl2012 import BL2012Config
+from deepj.bench.bl2012_data import NUM_KEYS, BL2012Error, bernoulli_baseline, epoch_crops, make_batch, read_bl2012
+from deepj.bench.bl2012_score import evaluate_pieces
 from deepj.model import DeepJ, ModelConfig
 from deepj.music.constants import PLAY
 from deepj.training.checkpoint import CheckpointMeta, load_model
 
-# The datasets live in the shared data folder beside the repository; a clone elsewhere finds them through
-# $DEEPJ_BL2012_DIR or the project's fixed location.
-_CANDIDATES = [Path(os.environ["DEEPJ_BL2012_DIR"])] if os.environ.get("DEEPJ_BL2012_DIR") else []
-_CANDIDATES += [Path(__file__).resolve().parents[2] / "shared" / "data" / "bl2012", Path("/work/shared/data/bl2012")]
-DATA = next((d for d in _CANDIDATES if (d / "JSB_Chorales.mat").is_file()), _CANDIDATES[0])
+DATA = BL2012_DIR
 JSB = DATA / "JSB_Chorales.mat"
-needs_data = pytest.mark.skipif(not JSB.is_file(), reason=f"BL2012 data not found in {DATA}")
+needs_data = needs_bl2012
 
 # From the shared data folder's README: pieces train / valid / test and test frames.
 README_COUNTS = {
@@ -193,30 +180,28 @@ class FixedLogits(torch.nn.Module):
 
 
 def test_evaluate_pieces_scores_every_frame_once_with_zero_history():
+    """By hand: every frame, and (as loops that never score a piece's first frame do) every frame but the first."""
     rng = np.random.default_rng(3)
     pieces = [(rng.random((n, 88)) < 0.2).astype(np.uint8) for n in (7, 3, 12, 1)]
     a, b = -1.0, 2.0
-
-    def softplus(x):
-        return math.log1p(math.exp(x))
-
-    total, frames = 0.0, 0
+    first = rest = 0.0
     for roll in pieces:
         prev = np.vstack([np.zeros((1, 88)), roll[:-1]])  # the first frame follows an all-zero frame
-        z = a + b * prev
-        y = roll.astype(np.float64)
-        # Bernoulli NLL of logit z: softplus(z) - y z
-        total += float(np.vectorize(softplus)(z).sum() - (y * z).sum())
-        frames += len(roll)
-    want = total / frames
+        z, y = a + b * prev, roll.astype(np.float64)
+        nll = (np.log1p(np.exp(z)) - y * z).sum(1)  # (frames,) Bernoulli NLL of logit z, summed over keys
+        first, rest = first + nll[0], rest + nll[1:].sum()
+    frames = sum(len(p) for p in pieces)
     model = FixedLogits(a, b)
-    for budget in (1, 12, 10_000):  # one piece per batch .. all in one batch: the same number
-        assert evaluate_pieces(model, pieces, 16, frame_budget=budget) == pytest.approx(want, rel=1e-6)
+    for budget in (1, 12, 10_000):  # one piece per batch .. all in one batch: the same numbers
+        score = evaluate_pieces(model, pieces, 16, frame_budget=budget)
+        assert score.nll == pytest.approx((first + rest) / frames, rel=1e-6)  # float32 logits
+        assert score.nll_after_first == pytest.approx(rest / (frames - len(pieces)), rel=1e-6)
+        assert (score.frames, score.pieces) == (frames, 4)
 
 
 def test_uniform_model_scores_88_ln2():
     pieces = [np.eye(88, dtype=np.uint8)[:5]]
-    assert evaluate_pieces(FixedLogits(0.0, 0.0), pieces, 16) == pytest.approx(88 * math.log(2), rel=1e-6)
+    assert evaluate_pieces(FixedLogits(0.0, 0.0), pieces, 16).nll == pytest.approx(88 * math.log(2), rel=1e-6)
 
 
 def test_whole_piece_padding_does_not_leak_into_real_frames():
@@ -226,8 +211,8 @@ def test_whole_piece_padding_does_not_leak_into_real_frames():
                               time_hidden=8, note_hidden=8)).eval()
     rng = np.random.default_rng(4)
     short, long = (rng.random((5, 88)) < 0.1).astype(np.uint8), (rng.random((20, 88)) < 0.1).astype(np.uint8)
-    together = evaluate_pieces(model, [short, long], 16, frame_budget=10_000)
-    separate = (evaluate_pieces(model, [short], 16) * 5 + evaluate_pieces(model, [long], 16) * 20) / 25
+    together = evaluate_pieces(model, [short, long], 16, frame_budget=10_000).nll
+    separate = (evaluate_pieces(model, [short], 16).nll * 5 + evaluate_pieces(model, [long], 16).nll * 20) / 25
     assert together == pytest.approx(separate, rel=1e-5)
     assert 0 < together < 88 * math.log(2) * 1.5
 
@@ -237,10 +222,10 @@ def test_whole_piece_padding_does_not_leak_into_real_frames():
 @pytest.mark.slow
 def test_benchmark_end_to_end_on_a_jsb_slice(tmp_path):
     run = tmp_path / "run"
-    res = run_cli("-m", "deepj.bench", "bl2012", "--dataset", "jsb", "--mat", str(JSB), "--config",
-                  "configs/bl2012/jsb.toml", "data.max_pieces=6", "train.max_epochs=1", "model.time_hidden=16",
-                  "model.note_hidden=8", "model.conv_filters=4", "model.style_dim=4", "threads=1",
-                  f"run_dir={run}", timeout=120)
+    args = ("--dataset", "jsb", "--mat", str(JSB), "--config", "configs/bl2012/jsb.toml", "data.max_pieces=6",
+            "train.max_epochs=1", "model.time_hidden=16", "model.note_hidden=8", "model.conv_filters=4",
+            "model.style_dim=4", "threads=1", f"run_dir={run}")
+    res = run_cli("-m", "deepj.bench", "bl2012", *args, timeout=120)
     assert res.returncode == 0, res.stderr
     result = json.loads(res.stdout.strip().splitlines()[-1])
     for key in ("dataset", "test_nll", "valid_nll", "baseline_nll", "config", "epochs", "seconds", "machine"):
@@ -262,8 +247,11 @@ def test_benchmark_end_to_end_on_a_jsb_slice(tmp_path):
     assert meta.model == model.cfg and meta.config == result["config"]
     assert CheckpointMeta.load(ckpt) == meta and (ckpt / "meta.json").is_file()
     splits = read_bl2012(JSB)
-    again = evaluate_pieces(model, splits["test"][:6], meta.config["data"]["beat_period"])
+    again = evaluate_pieces(model, splits["test"][:6], meta.config["data"]["beat_period"]).nll
     assert again == pytest.approx(result["test_nll"], abs=1e-3)
     # A second run into the same folder is refused (its older best model would win).
-    res = run_cli("-m", "deepj.bench", "bl2012", "--dataset", "jsb", "--mat", str(JSB), f"run_dir={run}")
-    assert res.returncode == 2 and "already holds checkpoints" in res.stderr
+    # The same command again: the run has finished. Other settings in its folder: refused, naming them.
+    res = run_cli("-m", "deepj.bench", "bl2012", *args)
+    assert res.returncode == 2 and "this run has finished (max_epochs)" in res.stderr, res.stderr
+    res = run_cli("-m", "deepj.bench", "bl2012", *args, "model.dropout=0.3")
+    assert res.returncode == 2 and "model.dropout: 0.2 there, 0.3 here" in res.stderr, res.stderr

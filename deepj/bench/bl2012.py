@@ -1,73 +1,77 @@
 """BL2012: DeepJ in play-only mode on the polyphonic-music benchmarks of Boulanger-Lewandowski, Bengio & Vincent (2012).
 
-    python -m deepj.bench bl2012 --dataset jsb --mat PATH/TO/JSB_Chorales.mat \
+    python -m deepj.bench bl2012 --dataset jsb --mat PATH/TO/JSB_Chorales.mat \\
         --config configs/bl2012/jsb.toml [key=value ...]
-    python -m deepj.bench bl2012 --dataset piano-midi --mat PATH/TO/Piano_midi.mat \
-        --config configs/bl2012/piano.toml [key=value ...]
 
-Configs: `BL2012Config` below is the schema of configs/bl2012/*.toml (tests/test_bl2012.py loads every file there).
-
-Data: a .mat file with keys traindata / validdata / testdata, each a 1xK object array of (frames, 88) 0/1 piano rolls,
-column 0 = MIDI 21 (A0). Read as is; nothing is copied. There is no velocity and no held/re-struck distinction, so the
-model runs with `ModelConfig(play_only=True, num_notes=88, num_styles=1)`: it sees and predicts the play channel only.
-
-Metric (the literature's convention): negative log-likelihood in nats per frame = the Bernoulli NLL of the play logits
-summed over the 88 keys, averaged over every frame of every test piece, each counted once. A piece is run whole
-(teacher forcing along the full piece from a zero LSTM state), so every frame is scored with its full history; its
-first frame is predicted from an all-zero previous frame. Printed beside it: an independent-Bernoulli baseline computed
-here (per-key frequency on the training frames, add-1/2 smoothing: p = (count + 0.5) / (frames + 1)) and the
-published RNN-RBM and RNN-NADE figures.
+One config per set in configs/bl2012/ (jsb, piano, musedata, nottingham); `BL2012Config` below is their schema
+(tests/test_bl2012.py loads every file there). Data, crops and the leak check: `bl2012_data.py`; the metric and its
+exactness check: `bl2012_score.py`. The model is `DeepJ(ModelConfig(play_only=True, num_notes=88, num_styles=1))`: it
+sees and predicts the play channel only (the rolls have no velocity and no held/re-struck distinction).
 
 Beat input: the frames are not 16th notes (quarter notes for JSB), so the beat feature is simply
 `frame index within the piece % data.beat_period` (one-hot over DeepJ's 16 slots), the same in training crops
 (absolute index in the piece) and evaluation. It is an input feature only.
 
 Training: random crops of `train.seq_len` frames (0 = whole pieces), each piece visited about frames/seq_len times per
-epoch, bucketed by length to limit padding (padded frames are masked out of the loss; padding sits after the real
-frames, so the causal time axis never sees it); transposition by k semitones, |k| <= train.transpose, drawn within the
-keys the crop leaves free (nothing leaves the 88 keys). The loss is the masked mean BCE per note-step (nats per frame
-/ 88). After each epoch the whole validation pieces are scored; the best model is checkpointed into `run_dir` by
-`deepj.training.checkpoint.save` (kind "bl2012" in its meta.json: the model config, the single style `bl2012/<dataset>`,
-the 88 piano keys, the .mat file's checksum, the resolved config), so `deepj.training.checkpoint.load_model` reads it;
-training stops after `train.patience` epochs without improvement, at `train.max_epochs`, or after `train.max_minutes`.
-The play head's bias starts at the logit of the training key density (not 0, i.e. p = 1/2), which saves the first epochs
-from learning sparsity alone. The best model is then scored on the test pieces. The last stdout line is one JSON object.
+epoch, bucketed by length to limit padding; transposition by k semitones, |k| <= train.transpose, within the keys the
+crop leaves free. The loss is the masked mean BCE per note-step (nats per frame / 88), optionally under bf16 autocast
+(`train.precision`; scoring stays fp32). After each epoch the whole validation pieces are scored; the best model is
+checkpointed into `run_dir` (kind "bl2012" in its meta.json), so `deepj.training.checkpoint.load_model` reads it. The
+learning rate is multiplied by `train.lr_decay` after every `train.decay_patience` epochs without improvement;
+training stops after `train.patience` such epochs, at `train.max_epochs`, or when `train.max_minutes` are spent. Only
+then is the best model (chosen on validation alone) scored on the test pieces, once.
+
+Resuming: `run_dir/resume.pt` holds everything a run needs to go on (weights, optimizer, schedule with its decays,
+early-stopping counters, the best model so far, every RNG, the position within the epoch), written atomically at each
+epoch's end and every `train.save_minutes`, and at SIGTERM/SIGINT (Slurm's preemption signal) before exiting. The
+same command resumes a stopped run where it stopped and gives the same result as an uninterrupted one. A run that
+ended by its time budget goes on when `train.max_minutes` is raised.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import dataclasses
 import hashlib
 import json
 import math
 import os
+import signal
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
-import scipy.io
 import torch
-import torch.nn.functional as F
 
 from deepj import __version__, config
 from deepj.bench._machine import cpu_name
+from deepj.bench.bl2012_data import (
+    DATASETS,
+    NUM_KEYS,
+    BL2012Error,
+    bernoulli_baseline,
+    epoch_crops,
+    make_batch,
+    read_bl2012,
+    shared_windows,
+)
+from deepj.bench.bl2012_score import evaluate_pieces, frame_nll, paths_agree, step_path_nll
 from deepj.config import ConfigError, finite, require
 from deepj.model import DeepJ, ModelConfig
-from deepj.music.constants import NUM_CHANNELS, PIANO_MAX_PITCH, PIANO_MIN_PITCH, PLAY, STEPS_PER_BAR
+from deepj.music.constants import PIANO_MAX_PITCH, PIANO_MIN_PITCH, PLAY, STEPS_PER_BAR
 from deepj.music.representation import ReprConfig
 from deepj.music.styles import StyleTree
 from deepj.training import checkpoint
 from deepj.training.checkpoint import CheckpointMeta
+from deepj.training.engine import autocast_dtype, check_precision, resolve_precision
 from deepj.training.optim import OptimConfig, build_optimizer, build_scheduler
 
-NUM_KEYS = PIANO_MAX_PITCH - PIANO_MIN_PITCH  # 88: column 0 = MIDI 21 (A0), column 87 = MIDI 108 (C8)
-SPLIT_KEYS = {"train": "traindata", "valid": "validdata", "test": "testdata"}
-DATASETS = {"jsb": "JSB_Chorales.mat", "piano-midi": "Piano_midi.mat", "musedata": "MuseData.mat",
-            "nottingham": "Nottingham.mat"}
 # Test NLL in nats per frame as commonly quoted from BL2012 (RNN-NADE: the Hessian-free trained one).
 PUBLISHED = {
     "jsb": {"rnn_rbm": 6.27, "rnn_nade": 5.56},
@@ -75,132 +79,11 @@ PUBLISHED = {
     "musedata": {"rnn_rbm": 6.01, "rnn_nade": 5.60},
     "nottingham": {"rnn_rbm": 2.39, "rnn_nade": 2.31},
 }
-BASELINE_SMOOTHING = 0.5  # add-1/2 (Krichevsky-Trofimov): keeps keys never played in training finite
-
-
-class BL2012Error(Exception):
-    """A BL2012 data file that cannot be used; the message names the file and what is wrong."""
-
-
-# ---------------------------------------------------------------------------------------------------- data
-def read_bl2012(path: str | Path) -> dict[str, list[np.ndarray]]:
-    """{"train", "valid", "test"} -> list of (frames, 88) uint8 0/1 rolls, in file order."""
-    path = Path(path)
-    if not path.is_file():
-        raise BL2012Error(f"{path}: no such file (expected a BL2012 .mat file, one of {', '.join(DATASETS.values())})")
-    try:
-        mat = scipy.io.loadmat(str(path))
-    except (scipy.io.matlab.MatReadError, ValueError, OSError) as e:
-        raise BL2012Error(f"{path}: not a readable MATLAB .mat file ({type(e).__name__}: {e})") from None
-    missing = [k for k in SPLIT_KEYS.values() if k not in mat]
-    if missing:
-        found = sorted(k for k in mat if not k.startswith("__"))
-        raise BL2012Error(f"{path}: missing key(s) {', '.join(missing)}; a BL2012 file holds traindata, validdata "
-                          f"and testdata (this one has: {', '.join(found) or 'nothing'})")
-    out: dict[str, list[np.ndarray]] = {}
-    for split, key in SPLIT_KEYS.items():
-        arr = mat[key]
-        if arr.dtype != object or arr.ndim != 2 or arr.shape[0] != 1:
-            raise BL2012Error(f"{path}: {key} is a {arr.dtype} array of shape {arr.shape}, expected a 1xK cell array "
-                              "of (frames, 88) piano rolls")
-        pieces = []
-        for i, roll in enumerate(arr[0]):
-            roll = np.asarray(roll)
-            if roll.ndim != 2 or roll.shape[1] != NUM_KEYS or roll.shape[0] == 0:
-                raise BL2012Error(f"{path}: {key} piece {i} has shape {roll.shape}, expected (frames >= 1, 88)")
-            pieces.append((roll > 0).astype(np.uint8))
-        if not pieces:
-            raise BL2012Error(f"{path}: {key} holds no pieces")
-        out[split] = pieces
-    return out
-
-
-def bernoulli_baseline(train: list[np.ndarray], test: list[np.ndarray], smoothing: float = BASELINE_SMOOTHING) -> float:
-    """NLL (nats per frame, summed over keys) on `test` of independent per-key Bernoullis fitted on `train`."""
-    frames = np.concatenate(train).astype(np.float64)  # (F, 88)
-    p = (frames.sum(0) + smoothing) / (len(frames) + 2 * smoothing)  # (88,)
-    x = np.concatenate(test).astype(np.float64)  # (F', 88)
-    return float(-(x @ np.log(p) + (1 - x) @ np.log1p(-p)).mean())
-
-
-def make_batch(pieces: list[np.ndarray], crops: list[tuple[int, int, int, int]], beat_period: int) -> dict:
-    """Crops (piece, start, length, transposition) -> tensors padded to the longest crop.
-
-    Returns prev/target (B, L, 88, 3) [play, 0, 0] of frames t-1 / t, beat (B, L) int64, style (B, 1) ones, and
-    mask (B, L) float32: 1 on real frames. Frame -1 of a piece (prev of its first frame) is all zeros.
-    """
-    length = max(c[2] for c in crops)
-    notes = np.zeros((len(crops), length + 1, NUM_KEYS), dtype=np.float32)  # (B, L+1, 88): frames s-1 .. s+L-1
-    mask = np.zeros((len(crops), length), dtype=np.float32)
-    beat = np.zeros((len(crops), length), dtype=np.int64)
-    for j, (i, s, n, k) in enumerate(crops):
-        seg = pieces[i][max(s - 1, 0): s + n]  # (n or n+1, 88)
-        dst = notes[j, 1 if s == 0 else 0:][: len(seg)]
-        if k >= 0:
-            dst[:, k:] = seg[:, : NUM_KEYS - k]
-        else:
-            dst[:, :k] = seg[:, -k:]
-        mask[j, :n] = 1.0
-        beat[j] = (s + np.arange(length)) % beat_period
-    full = torch.zeros((len(crops), length + 1, NUM_KEYS, NUM_CHANNELS))  # (B, L+1, 88, 3): replay, volume stay 0
-    full[..., PLAY] = torch.from_numpy(notes)
-    return {"prev": full[:, :-1], "target": full[:, 1:], "beat": torch.from_numpy(beat),
-            "style": torch.ones(len(crops), 1), "mask": torch.from_numpy(mask)}
-
-
-def frame_nll(model: DeepJ, batch: dict) -> torch.Tensor:
-    """(B, L) play NLL per frame, summed over keys, zero on padding."""
-    out = model(batch["prev"], batch["target"], batch["beat"], batch["style"])  # (B, L, 88, 3)
-    nll = F.binary_cross_entropy_with_logits(out[..., PLAY].float(), batch["target"][..., PLAY], reduction="none")
-    return nll.sum(-1) * batch["mask"]  # (B, L)
-
-
-@torch.no_grad()
-def evaluate_pieces(model: DeepJ, pieces: list[np.ndarray], beat_period: int, frame_budget: int = 4096) -> float:
-    """Nats per frame over whole pieces (teacher forcing from a zero state), every frame counted once."""
-    was_training = model.training
-    model.eval()
-    param = next(model.parameters(), None)
-    device = param.device if param is not None else torch.device("cpu")
-    order = sorted(range(len(pieces)), key=lambda i: -len(pieces[i]))
-    total, frames, j = 0.0, 0, 0
-    while j < len(order):  # longest first; a batch holds as many pieces as fit in frame_budget padded frames
-        longest = len(pieces[order[j]])
-        size = max(1, frame_budget // longest)
-        group = order[j: j + size]
-        j += len(group)
-        batch = make_batch(pieces, [(i, 0, len(pieces[i]), 0) for i in group], beat_period)
-        batch = {k: v.to(device) for k, v in batch.items()}
-        total += float(frame_nll(model, batch).double().sum())
-        frames += sum(len(pieces[i]) for i in group)
-    model.train(was_training)
-    return total / frames
-
-
-def epoch_crops(pieces: list[np.ndarray], seq_len: int, transpose: int, batch: int,
-                rng: np.random.Generator) -> list[list[tuple[int, int, int, int]]]:
-    """One epoch's batches of crops (piece, start, length, shift), bucketed by length, in random order."""
-    crops = []
-    for i, roll in enumerate(pieces):
-        n = len(roll) if seq_len == 0 else min(seq_len, len(roll))
-        for _ in range(max(1, round(len(roll) / n))):
-            s = int(rng.integers(0, len(roll) - n + 1))
-            k = 0
-            if transpose:
-                keys = np.flatnonzero(roll[max(s - 1, 0): s + n].any(0))  # keys sounding in the crop
-                lo = -transpose if len(keys) == 0 else max(-transpose, -int(keys[0]))
-                hi = transpose if len(keys) == 0 else min(transpose, NUM_KEYS - 1 - int(keys[-1]))
-                k = int(rng.integers(lo, hi + 1))
-            crops.append((i, s, n, k))
-    rng.shuffle(crops)
-    # Sort within chunks of 32 batches by length, cut into batches, shuffle the batches: little padding, random order.
-    chunk = 32 * batch
-    batches = []
-    for c in range(0, len(crops), chunk):
-        part = sorted(crops[c: c + chunk], key=lambda x: x[2])
-        batches += [part[b: b + batch] for b in range(0, len(part), batch)]
-    rng.shuffle(batches)
-    return batches
+RESUME_FILE = "resume.pt"
+# Settings a resumed run may change: where and how fast it runs, and how long it may train. Anything else would make
+# the resumed run a different experiment.
+RESUMABLE = {"threads", "device", "train.max_minutes", "train.save_minutes", "train.eval_frames"}
+STEP_CHECK_FRAMES = 32  # frames of the first test piece scored step by step after training (88 note steps each)
 
 
 # ---------------------------------------------------------------------------------------------------- config
@@ -225,8 +108,10 @@ class BL2012Train:
     patience: int = 10  # epochs without a better validation NLL before stopping
     lr_decay: float = 1.0  # multiply the learning rate by this after `decay_patience` epochs without improvement
     decay_patience: int = 3
-    max_minutes: float = 0.0  # wall-clock budget for training (the final test pass comes after); 0 = none
+    max_minutes: float = 0.0  # wall-clock budget for training over all sessions (the test pass comes after); 0 = none
     eval_frames: int = 4096  # padded frames per evaluation batch (memory)
+    precision: Literal["auto", "fp32", "bf16"] = "fp32"  # training only; scoring is always fp32. auto = bf16 if native
+    save_minutes: float = 10.0  # also save the resume state this often within an epoch; 0 = at epoch ends only
 
     def __post_init__(self) -> None:
         for key in ("batch", "max_epochs", "patience", "decay_patience", "eval_frames"):
@@ -235,8 +120,11 @@ class BL2012Train:
         if self.seq_len < 0 or self.transpose < 0:
             raise ConfigError("train.seq_len and train.transpose must be at least 0")
         # nan passes a plain `< 0` (and trains without a budget): every float setting must be finite
-        require(finite(self.max_minutes) and self.max_minutes >= 0, "train.max_minutes", ">= 0 and finite (0 = none)",
-                self.max_minutes)
+        for key in ("max_minutes", "save_minutes"):
+            value = getattr(self, key)
+            require(finite(value) and value >= 0, f"train.{key}", ">= 0 and finite (0 = none)", value)
+        require(self.precision in ("auto", "fp32", "bf16"), "train.precision", "one of auto, fp32, bf16",
+                self.precision)
         require(0.0 < self.lr_decay <= 1.0, "train.lr_decay", "in (0, 1]", self.lr_decay)
 
 
@@ -254,6 +142,33 @@ class BL2012Config:
 
 
 # ---------------------------------------------------------------------------------------------------- run
+@dataclass
+class Progress:
+    """Where a run is: saved in resume.pt, so a stopped run goes on from here."""
+
+    epoch: int = 0  # epochs finished
+    batch: int = 0  # batches finished in the epoch under way
+    step: int = 0
+    best: float = math.inf  # best validation NLL so far, and that epoch's figure without first frames
+    best_after_first: float = math.inf
+    best_epoch: int = 0
+    bad: int = 0  # epochs since the best one
+    seconds: float = 0.0  # training wall clock over every session
+    sessions: int = 0
+    stopped: str = ""  # why training ended: "patience", "max_epochs", "budget"; "" while it runs
+    train_sum: float = 0.0  # NLL sum and frames of the epoch under way (its printed train figure)
+    train_frames: float = 0.0
+    history: list = field(default_factory=list)  # per finished epoch: epoch, step, train, valid, lr, seconds
+
+
+class Stopped(Exception):
+    """A signal asked the run to stop; its state is saved."""
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
 def machine() -> str:
     gpu = f", {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""
     return f"{cpu_name()}, {os.cpu_count()} cores{gpu}; torch {torch.__version__}, {torch.get_num_threads()} threads"
@@ -275,8 +190,71 @@ def save_best(run_dir: Path, step: int, model: DeepJ, cfg: BL2012Config, dataset
                            rank_state={"rng": checkpoint.rng_state()}, keep=1, meta=meta)
 
 
+def _flat(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        out.update(_flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+    return out
+
+
+def save_state(run_dir: Path, state: dict) -> None:
+    """resume.pt, atomically: a kill during the write leaves the previous one whole."""
+    tmp = run_dir / (RESUME_FILE + ".tmp")
+    with open(tmp, "wb") as f:
+        torch.save(state, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, run_dir / RESUME_FILE)
+    fd = os.open(run_dir, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def load_state(run_dir: Path, cfg: BL2012Config, mat_hash: str) -> dict | None:
+    """The saved state of a run to resume in `run_dir`, None for a new run, or a BL2012Error saying why not."""
+    path = run_dir / RESUME_FILE
+    if not path.is_file():
+        if checkpoint.list_checkpoints(run_dir):  # an older best model would be kept (or chosen) over this run's
+            raise BL2012Error(f"{run_dir} already holds checkpoints of an earlier run and no {RESUME_FILE} to resume "
+                              "it; set run_dir=... to a new folder or delete it")
+        return None
+    state = torch.load(path, weights_only=True)
+    old, new = _flat(state["config"]), _flat(config.to_dict(cfg))
+    differ = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k) and k not in RESUMABLE)
+    if differ:
+        raise BL2012Error(f"{run_dir} holds a run with other settings ("
+                          + ", ".join(f"{k}: {old.get(k)!r} there, {new.get(k)!r} here" for k in differ)
+                          + "); the run's own config resumes it (its config.toml), a new run needs a new run_dir")
+    if state["mat_hash"] != mat_hash:
+        raise BL2012Error(f"{run_dir} was trained on another .mat file (sha256 {state['mat_hash']}...)")
+    done = state["progress"]["stopped"]
+    budget = cfg.train.max_minutes * 60
+    if done in ("patience", "max_epochs") or (done == "budget" and budget and state["progress"]["seconds"] >= budget):
+        more = " (raise train.max_minutes to train on)" if done == "budget" else ""
+        raise BL2012Error(f"{run_dir}: this run has finished ({done}){more}; its result is {run_dir / 'result.json'}")
+    return state
+
+
+@contextlib.contextmanager
+def stop_signals():
+    """SIGTERM / SIGINT set a flag the training loop checks after each step (it saves, then stops)."""
+    asked: list[int] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield asked
+        return
+    old = {s: signal.signal(s, lambda signum, frame: asked.append(signum)) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield asked
+    finally:
+        for s, handler in old.items():
+            signal.signal(s, handler)
+
+
 def run(dataset: str, mat: Path, cfg: BL2012Config, command: str = "") -> dict:
-    """Train with early stopping, score the best model on the test pieces; returns the result record."""
+    """Train with early stopping (resuming a stopped run), score the best model on the test pieces once; returns the
+    result record."""
     t0 = time.perf_counter()
     splits = read_bl2012(mat)
     if cfg.data.max_pieces:
@@ -286,11 +264,12 @@ def run(dataset: str, mat: Path, cfg: BL2012Config, command: str = "") -> dict:
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
     device = torch.device(cfg.device)
+    precision = resolve_precision(cfg.train.precision, device)
+    check_precision(precision, device)
     cfg.model = dataclasses.replace(cfg.model, num_notes=NUM_KEYS, num_styles=1, play_only=True)
     run_dir = Path(cfg.run_dir or f"runs/bl2012-{dataset}")
-    if checkpoint.list_checkpoints(run_dir):  # an older best model would be kept (or chosen) over this run's
-        raise BL2012Error(f"{run_dir} already holds checkpoints of an earlier run; set run_dir=... to a new folder "
-                          "or delete it")
+    mat_hash = file_hash(mat)
+    state = load_state(run_dir, cfg, mat_hash)
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.toml").write_text(config.to_toml(cfg))
     baseline = bernoulli_baseline(splits["train"], splits["test"])
@@ -308,66 +287,139 @@ def run(dataset: str, mat: Path, cfg: BL2012Config, command: str = "") -> dict:
     optimizer = build_optimizer(model.parameters(), cfg.optim)
     per_epoch = len(epoch_crops(splits["train"], cfg.train.seq_len, 0, cfg.train.batch, np.random.default_rng(0)))
     scheduler = build_scheduler(optimizer, cfg.optim, cfg.train.max_epochs * per_epoch)
-    print(f"model: {model.num_params():,} parameters; {per_epoch} steps per epoch; {machine()}", flush=True)
+    progress, best_state, ckpt = Progress(), None, None
+    if state is not None:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        rng.bit_generator.state = state["rng"]
+        checkpoint.set_rng_state(state["torch_rng"])
+        progress, best_state = Progress(**state["progress"]), state["best_model"]
+        progress.stopped = ""
+        ckpt = checkpoint.list_checkpoints(run_dir)[-1] if checkpoint.list_checkpoints(run_dir) else None
+        print(f"resuming {run_dir}: epoch {progress.epoch + 1}, batch {progress.batch} of {per_epoch}, step "
+              f"{progress.step}; best valid {progress.best:.4f} (epoch {progress.best_epoch}), {progress.bad} epochs "
+              f"since; {progress.seconds / 60:.1f} min trained in {progress.sessions} session(s)", flush=True)
+    progress.sessions += 1
+    print(f"model: {model.num_params():,} parameters; {per_epoch} steps per epoch; training in {precision}, scoring "
+          f"in fp32; {machine()}", flush=True)
 
-    def to_dev(b: dict) -> dict:
-        return {k: v.to(device) for k, v in b.items()}
+    session_start, trained_before = time.perf_counter(), progress.seconds
+    budget = 60 * cfg.train.max_minutes if cfg.train.max_minutes else math.inf
 
-    mat_hash = file_hash(mat)
-    best, best_state, best_epoch, bad, step, epoch = math.inf, None, 0, 0, 0, 0
-    ckpt = None
-    deadline = t0 + 60 * cfg.train.max_minutes if cfg.train.max_minutes else math.inf
-    for epoch in range(1, cfg.train.max_epochs + 1):
-        model.train()
-        te, tsum, tframes = time.perf_counter(), 0.0, 0.0
-        for crops in epoch_crops(splits["train"], cfg.train.seq_len, cfg.train.transpose, cfg.train.batch, rng):
-            batch = to_dev(make_batch(splits["train"], crops, cfg.data.beat_period))
-            nll = frame_nll(model, batch)  # (B, L)
-            frames = batch["mask"].sum()
-            loss = nll.sum() / (frames * NUM_KEYS)  # mean BCE per note-step: OptimConfig's scale (grad_clip)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if cfg.optim.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
-            optimizer.step()
-            scheduler.step()
-            step += 1
-            tsum, tframes = tsum + float(nll.detach().sum()), tframes + float(frames)
-            if time.perf_counter() > deadline:
-                break
-        valid = evaluate_pieces(model, splits["valid"], cfg.data.beat_period, cfg.train.eval_frames)
-        mark = ""
-        if valid < best:
-            best, best_epoch, bad, mark = valid, epoch, 0, " *"
-            best_state = copy.deepcopy(model.state_dict())
-            ckpt = save_best(run_dir, step, model, cfg, dataset, mat_hash)
-        else:
-            bad += 1
-            if cfg.train.lr_decay < 1.0 and bad % cfg.train.decay_patience == 0:
-                scheduler.base_lrs = [lr * cfg.train.lr_decay for lr in scheduler.base_lrs]
-        lr = optimizer.param_groups[0]["lr"]
-        print(f"epoch {epoch:3d} | step {step:6d} | train {tsum / max(tframes, 1):.4f} | valid {valid:.4f}{mark} | "
-              f"lr {lr:.2e} | {time.perf_counter() - te:.0f}s (total {(time.perf_counter() - t0) / 60:.1f} min)",
-              flush=True)
-        if bad >= cfg.train.patience:
-            print(f"early stop: {bad} epochs without a better validation NLL", flush=True)
-            break
-        if time.perf_counter() > deadline:
-            print(f"time budget of {cfg.train.max_minutes} min reached", flush=True)
-            break
+    def elapsed() -> float:
+        return trained_before + time.perf_counter() - session_start
+
+    def save(next_rng: dict) -> None:
+        """next_rng: the generator state the epoch under way (or the next one) draws its crops from."""
+        progress.seconds = elapsed()
+        save_state(run_dir, {"progress": dataclasses.asdict(progress), "rng": next_rng,
+                             "torch_rng": checkpoint.rng_state(), "model": model.state_dict(),
+                             "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                             "best_model": best_state, "config": config.to_dict(cfg), "mat_hash": mat_hash})
+
+    amp = autocast_dtype(precision)
+    with stop_signals() as asked:
+        last_save = time.perf_counter()
+        while not progress.stopped:
+            epoch_rng = copy.deepcopy(rng.bit_generator.state)  # this epoch's crops are drawn from here, on resume too
+            batches = epoch_crops(splits["train"], cfg.train.seq_len, cfg.train.transpose, cfg.train.batch, rng)
+            model.train()
+            te = time.perf_counter()
+            for crops in batches[progress.batch:]:
+                batch = {k: v.to(device) for k, v in make_batch(splits["train"], crops, cfg.data.beat_period).items()}
+                with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
+                    nll = frame_nll(model, batch)  # (B, L)
+                frames = batch["mask"].sum()
+                loss = nll.sum() / (frames * NUM_KEYS)  # mean BCE per note-step: OptimConfig's scale (grad_clip)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                if cfg.optim.grad_clip > 0:
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
+                optimizer.step()
+                scheduler.step()
+                progress.step, progress.batch = progress.step + 1, progress.batch + 1
+                progress.train_sum += float(nll.detach().sum())
+                progress.train_frames += float(frames)
+                if asked:
+                    save(epoch_rng)
+                    raise Stopped(asked[0])
+                if elapsed() > budget:
+                    break
+                if cfg.train.save_minutes and time.perf_counter() - last_save > 60 * cfg.train.save_minutes:
+                    save(epoch_rng)
+                    last_save = time.perf_counter()
+            valid = evaluate_pieces(model, splits["valid"], cfg.data.beat_period, cfg.train.eval_frames)
+            progress.epoch, progress.batch = progress.epoch + 1, 0
+            mark = ""
+            if valid.nll < progress.best:
+                progress.best, progress.best_after_first = valid.nll, valid.nll_after_first
+                progress.best_epoch, progress.bad, mark = progress.epoch, 0, " *"
+                best_state = copy.deepcopy(model.state_dict())
+                ckpt = save_best(run_dir, progress.step, model, cfg, dataset, mat_hash)
+            else:
+                progress.bad += 1
+                if cfg.train.lr_decay < 1.0 and progress.bad % cfg.train.decay_patience == 0:
+                    scheduler.base_lrs = [lr * cfg.train.lr_decay for lr in scheduler.base_lrs]
+            lr = optimizer.param_groups[0]["lr"]
+            train_nll = progress.train_sum / max(progress.train_frames, 1)
+            progress.history.append({"epoch": progress.epoch, "step": progress.step, "train": round(train_nll, 4),
+                                     "valid": round(valid.nll, 4), "lr": lr, "seconds": round(elapsed(), 1)})
+            progress.train_sum = progress.train_frames = 0.0
+            print(f"epoch {progress.epoch:3d} | step {progress.step:6d} | train {train_nll:.4f} | valid "
+                  f"{valid.nll:.4f}{mark} | lr {lr:.2e} | {time.perf_counter() - te:.0f}s (trained "
+                  f"{elapsed() / 60:.1f} min)", flush=True)
+            if progress.bad >= cfg.train.patience:
+                progress.stopped = "patience"
+                print(f"early stop: {progress.bad} epochs without a better validation NLL", flush=True)
+            elif progress.epoch >= cfg.train.max_epochs:
+                progress.stopped = "max_epochs"
+            elif elapsed() > budget:
+                progress.stopped = "budget"
+                print(f"time budget of {cfg.train.max_minutes:g} min reached", flush=True)
+            save(copy.deepcopy(rng.bit_generator.state))  # the next epoch draws its crops from here
+            last_save = time.perf_counter()
 
     if best_state is None:
-        raise BL2012Error(f"training diverged: validation NLL {valid} at every epoch (lower optim.lr?)")
+        raise BL2012Error(f"training diverged: validation NLL {valid.nll} at every epoch (lower optim.lr?)")
     model.load_state_dict(best_state)
-    test = evaluate_pieces(model, splits["test"], cfg.data.beat_period, cfg.train.eval_frames)
+    return score_best(dataset, model, splits, cfg, progress, baseline=baseline, precision=precision,
+                      started=t0, session_start=session_start, ckpt=ckpt, mat_hash=mat_hash, command=command)
+
+
+def score_best(dataset: str, model: DeepJ, splits: dict, cfg: BL2012Config, progress: Progress, *, baseline: float,
+               precision: str, started: float, session_start: float, ckpt: Path | None, mat_hash: str,
+               command: str) -> dict:
+    """The test score of the best model with the audit beside it; written to run_dir/result.json."""
+    beat, frames = cfg.data.beat_period, cfg.train.eval_frames
+    test = evaluate_pieces(model, splits["test"], beat, frames)
+    # Exactness: the first test frames scored one frame and one note at a time equal the whole-piece forward pass.
+    piece = splits["test"][0][:STEP_CHECK_FRAMES]
+    forward, stepped = evaluate_pieces(model, [piece], beat).nll, step_path_nll(model, piece, beat)
+    step_check = {"frames": len(piece), "forward": round(forward, 6), "step_path": round(stepped, 6),
+                  "equal": paths_agree(forward, stepped)}
+    if not step_check["equal"]:
+        print(f"WARNING: the step-by-step path scores {stepped:.6f} and the forward pass {forward:.6f}: the "
+              "likelihood is not exact (something looks ahead)", file=sys.stderr, flush=True)
+    leaks = {split: shared_windows(splits["train"], splits[split]) for split in ("valid", "test")}
+    shared = set(leaks["test"]["pieces_mostly_shared"])
+    rest = [p for i, p in enumerate(splits["test"]) if i not in shared]
+    without_shared = evaluate_pieces(model, rest, beat, frames).nll if shared and rest else None
     result = {
-        "benchmark": "bl2012", "dataset": dataset, "test_nll": round(test, 4), "valid_nll": round(best, 4),
-        "baseline_nll": round(baseline, 4), "published": PUBLISHED.get(dataset, {}),
-        "test_pieces": counts["test"][0], "test_frames": counts["test"][1], "epochs": epoch, "best_epoch": best_epoch,
-        "steps": step, "params": model.num_params(), "seconds": round(time.perf_counter() - t0, 1),
+        "benchmark": "bl2012", "dataset": dataset, "test_nll": round(test.nll, 4),
+        "test_nll_after_first": round(test.nll_after_first, 4), "valid_nll": round(progress.best, 4),
+        "valid_nll_after_first": round(progress.best_after_first, 4), "baseline_nll": round(baseline, 4),
+        "published": PUBLISHED.get(dataset, {}), "test_pieces": test.pieces, "test_frames": test.frames,
+        "epochs": progress.epoch, "best_epoch": progress.best_epoch, "stopped": progress.stopped,
+        "steps": progress.step, "params": model.num_params(), "precision": precision,
+        "seconds": round(progress.seconds + time.perf_counter() - session_start, 1),
+        "sessions": progress.sessions, "session_seconds": round(time.perf_counter() - started, 1),
         "machine": machine(), "checkpoint": str(ckpt), "mat_sha256": mat_hash, "command": command,
-        "config": config.to_dict(cfg),
+        "step_check": step_check, "shared_windows": leaks,
+        "test_nll_without_mostly_shared": None if without_shared is None else round(without_shared, 4),
+        "history": progress.history, "config": config.to_dict(cfg),
     }
+    run_dir = Path(cfg.run_dir or f"runs/bl2012-{dataset}")
     (run_dir / "result.json").write_text(json.dumps(result, indent=1) + "\n")
     return result
 
@@ -392,10 +444,13 @@ def main(argv=None) -> int:
     except (ConfigError, BL2012Error) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except Stopped as e:
+        print(f"stopped by {e}: the state is saved; the same command resumes the run", file=sys.stderr, flush=True)
+        return 128 + e.signum
     pub = result["published"]
-    print(f"{args.dataset}: test NLL {result['test_nll']:.3f} nats/frame (valid {result['valid_nll']:.3f}) | "
-          f"independent Bernoulli {result['baseline_nll']:.3f} | RNN-RBM {pub.get('rnn_rbm')} | "
-          f"RNN-NADE {pub.get('rnn_nade')}", flush=True)
+    print(f"{args.dataset}: test NLL {result['test_nll']:.3f} nats/frame ({result['test_nll_after_first']:.3f} "
+          f"without first frames; valid {result['valid_nll']:.3f}) | independent Bernoulli "
+          f"{result['baseline_nll']:.3f} | RNN-RBM {pub.get('rnn_rbm')} | RNN-NADE {pub.get('rnn_nade')}", flush=True)
     print(json.dumps(result), flush=True)
     return 0
 
