@@ -21,8 +21,9 @@ import torch.nn.functional as F
 from conftest import BL2012_DIR, REPO, needs_bl2012
 
 from deepj import config
+from deepj.bench import bl2012_score
 from deepj.bench.bl2012 import RESUME_FILE, BL2012Config, run
-from deepj.bench.bl2012_data import NUM_KEYS, make_batch, read_bl2012, shared_windows
+from deepj.bench.bl2012_data import NUM_KEYS, BL2012Error, make_batch, read_bl2012, shared_windows
 from deepj.bench.bl2012_score import evaluate_pieces, paths_agree, step_path_nll
 from deepj.model import DeepJ, ModelConfig
 from deepj.music.constants import PLAY
@@ -161,6 +162,26 @@ def test_the_test_split_never_steers_training(synthetic, tmp_path, capsys):
     assert (a["valid_nll"], a["best_epoch"], a["steps"]) == (b["valid_nll"], b["best_epoch"], b["steps"])
     assert a["test_nll"] != b["test_nll"]
     assert a["step_check"]["equal"] and a["step_check"]["frames"] == 24
+
+
+def test_a_nan_loss_stops_the_run_before_anything_is_saved(synthetic, tmp_path, monkeypatch):
+    from deepj.bench import bl2012
+
+    calls = []
+
+    def nan_at_third(model, batch):
+        calls.append(1)
+        nll = bl2012_score.frame_nll(model, batch)
+        return nll * float("nan") if len(calls) == 3 else nll
+
+    monkeypatch.setattr(bl2012, "frame_nll", nan_at_third)
+    cfg = config.load(BL2012Config, REPO / "configs/bl2012/jsb.toml",
+                      [*TINY, "train.batch=6", "train.save_minutes=1e-9", f"run_dir={tmp_path}"])
+    with pytest.raises(BL2012Error, match="training loss is nan at step 3 .epoch 1."):
+        run("jsb", synthetic["a"], cfg)
+    state = torch.load(tmp_path / RESUME_FILE, weights_only=True)
+    assert state["progress"]["step"] == 2  # saved after steps 1 and 2, not after the bad one
+    assert all(torch.isfinite(v).all() for v in state["model"].values())
 
 
 def _cli(mat: Path, run_dir: Path, *extra: str) -> list[str]:
