@@ -231,6 +231,9 @@ def test_a_run_stopped_by_sigterm_then_killed_resumes_to_the_uninterrupted_resul
     assert done.returncode == 0, done.stderr
     got = json.loads(done.stdout.strip().splitlines()[-1])
     assert got["sessions"] == 3 and want["sessions"] == 1
+    # seconds = training over all sessions + scoring: within one session's wall clock, not counted twice
+    assert want["history"][-1]["seconds"] < want["seconds"] <= want["session_seconds"]
+    assert got["history"][-1]["seconds"] < got["seconds"]
 
     def same(r: dict) -> dict:
         return {"history": [{k: v for k, v in h.items() if k != "seconds"} for h in r["history"]],
