@@ -245,7 +245,7 @@ def test_a_run_stopped_by_sigterm_then_killed_resumes_to_the_uninterrupted_resul
 
 
 @pytest.mark.slow
-def test_a_run_ended_by_its_budget_goes_on_when_the_budget_is_raised(synthetic, tmp_path):
+def test_a_run_ended_by_its_budget_goes_on_when_the_budget_is_raised_from_a_moved_folder(synthetic, tmp_path):
     run_dir = tmp_path / "budget"
     first = subprocess.run(_cli(synthetic["a"], run_dir, "train.max_minutes=0.0001"), cwd=REPO,
                            capture_output=True, text=True, timeout=300)
@@ -254,7 +254,10 @@ def test_a_run_ended_by_its_budget_goes_on_when_the_budget_is_raised(synthetic, 
     again = subprocess.run(_cli(synthetic["a"], run_dir, "train.max_minutes=0.0001"), cwd=REPO,
                            capture_output=True, text=True, timeout=300)
     assert again.returncode == 2 and "raise train.max_minutes" in again.stderr
-    more = subprocess.run(_cli(synthetic["a"], run_dir, "train.max_minutes=0"), cwd=REPO, capture_output=True,
+    moved = tmp_path / "elsewhere" / "budget"  # a run folder moved to another disk resumes from where it is now
+    moved.parent.mkdir()
+    run_dir.rename(moved)
+    more = subprocess.run(_cli(synthetic["a"], moved, "train.max_minutes=0"), cwd=REPO, capture_output=True,
                           text=True, timeout=300)
     assert more.returncode == 0, more.stderr
     res = json.loads(more.stdout.strip().splitlines()[-1])

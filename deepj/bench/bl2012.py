@@ -80,9 +80,9 @@ PUBLISHED = {
     "nottingham": {"rnn_rbm": 2.39, "rnn_nade": 2.31},
 }
 RESUME_FILE = "resume.pt"
-# Settings a resumed run may change: where and how fast it runs, and how long it may train. Anything else would make
-# the resumed run a different experiment.
-RESUMABLE = {"threads", "device", "train.max_minutes", "train.save_minutes", "train.eval_frames"}
+# Settings a resumed run may change: where it lives (a run folder may be moved), where and how fast it runs, and how
+# long it may train. Anything else would make the resumed run a different experiment.
+RESUMABLE = {"run_dir", "threads", "device", "train.max_minutes", "train.save_minutes", "train.eval_frames"}
 STEP_CHECK_FRAMES = 32  # frames of the first test piece scored step by step after training (88 note steps each)
 
 
