@@ -332,8 +332,9 @@ def run(dataset: str, mat: Path, cfg: BL2012Config, command: str = "") -> dict:
                     nll = frame_nll(model, batch)  # (B, L)
                 frames = batch["mask"].sum()
                 loss = nll.sum() / (frames * NUM_KEYS)  # mean BCE per note-step: OptimConfig's scale (grad_clip)
-                if not math.isfinite(float(loss)):  # stop before the step and before any save: the saved state is sound
-                    raise BL2012Error(f"the training loss is {float(loss)} at step {progress.step + 1} (epoch "
+                value = float(loss.detach())
+                if not math.isfinite(value):  # stop before the step and before any save: the saved state is sound
+                    raise BL2012Error(f"the training loss is {value} at step {progress.step + 1} (epoch "
                                       f"{progress.epoch + 1}); nothing was saved after the last good step, so the same "
                                       f"command resumes from there; a lower optim.lr or optim.grad_clip may avoid it")
                 optimizer.zero_grad(set_to_none=True)
