@@ -23,7 +23,7 @@ from conftest import BL2012_DIR, REPO, needs_bl2012
 from deepj import config
 from deepj.bench import bl2012_score
 from deepj.bench.bl2012 import RESUME_FILE, BL2012Config, run
-from deepj.bench.bl2012_data import NUM_KEYS, BL2012Error, make_batch, read_bl2012, shared_windows
+from deepj.bench.bl2012_data import NUM_KEYS, BL2012Error, make_batch, read_bl2012, shared_windows, window_set
 from deepj.bench.bl2012_score import evaluate_pieces, paths_agree, step_path_nll
 from deepj.model import DeepJ, ModelConfig
 from deepj.music.constants import PLAY
@@ -133,7 +133,7 @@ def test_shared_windows_find_a_transposed_copy_and_nothing_else():
     copy[:, 5:] = train[2][:, :-5]  # train piece 2, five semitones up
     silent = np.zeros((30, NUM_KEYS), dtype=np.uint8)
     other = [random_pieces(rng, 1, 40)[0], copy, silent]
-    res = shared_windows(train, other, window=16)
+    res = shared_windows(window_set(train, window=16), other, window=16)
     assert res["pieces_mostly_shared"] == [1]
     assert res["windows"] == 2 * 25  # 25 windows of 16 in 40 frames; the silent piece has none
     assert res["shared"] >= 25 and res["fraction"] == pytest.approx(res["shared"] / 50)

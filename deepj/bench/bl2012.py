@@ -31,7 +31,6 @@ ended by its time budget goes on when `train.max_minutes` is raised.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import copy
 import dataclasses
 import hashlib
@@ -40,7 +39,6 @@ import math
 import os
 import signal
 import sys
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -60,6 +58,7 @@ from deepj.bench.bl2012_data import (
     make_batch,
     read_bl2012,
     shared_windows,
+    window_set,
 )
 from deepj.bench.bl2012_score import evaluate_pieces, frame_nll, paths_agree, step_path_nll
 from deepj.config import ConfigError, finite, require
@@ -71,6 +70,7 @@ from deepj.training import checkpoint
 from deepj.training.checkpoint import CheckpointMeta
 from deepj.training.engine import autocast_dtype, check_precision, resolve_precision
 from deepj.training.optim import OptimConfig, build_optimizer, build_scheduler
+from deepj.training.preempt import StopFlag
 
 # Test NLL in nats per frame as commonly quoted from BL2012 (RNN-NADE: the Hessian-free trained one).
 PUBLISHED = {
@@ -164,9 +164,9 @@ class Progress:
 class Stopped(Exception):
     """A signal asked the run to stop; its state is saved."""
 
-    def __init__(self, signum: int):
-        super().__init__(signal.Signals(signum).name)
-        self.signum = signum
+    def __init__(self, name: str):
+        super().__init__(name)
+        self.signum = signal.Signals[name].value
 
 
 def machine() -> str:
@@ -237,21 +237,6 @@ def load_state(run_dir: Path, cfg: BL2012Config, mat_hash: str) -> dict | None:
     return state
 
 
-@contextlib.contextmanager
-def stop_signals():
-    """SIGTERM / SIGINT set a flag the training loop checks after each step (it saves, then stops)."""
-    asked: list[int] = []
-    if threading.current_thread() is not threading.main_thread():
-        yield asked
-        return
-    old = {s: signal.signal(s, lambda signum, frame: asked.append(signum)) for s in (signal.SIGTERM, signal.SIGINT)}
-    try:
-        yield asked
-    finally:
-        for s, handler in old.items():
-            signal.signal(s, handler)
-
-
 def run(dataset: str, mat: Path, cfg: BL2012Config, command: str = "") -> dict:
     """Train with early stopping (resuming a stopped run), score the best model on the test pieces once; returns the
     result record."""
@@ -296,7 +281,8 @@ def run(dataset: str, mat: Path, cfg: BL2012Config, command: str = "") -> dict:
         checkpoint.set_rng_state(state["torch_rng"])
         progress, best_state = Progress(**state["progress"]), state["best_model"]
         progress.stopped = ""
-        ckpt = checkpoint.list_checkpoints(run_dir)[-1] if checkpoint.list_checkpoints(run_dir) else None
+        found = checkpoint.list_checkpoints(run_dir)
+        ckpt = found[-1] if found else None
         print(f"resuming {run_dir}: epoch {progress.epoch + 1}, batch {progress.batch} of {per_epoch}, step "
               f"{progress.step}; best valid {progress.best:.4f} (epoch {progress.best_epoch}), {progress.bad} epochs "
               f"since; {progress.seconds / 60:.1f} min trained in {progress.sessions} session(s)", flush=True)
@@ -319,7 +305,8 @@ def run(dataset: str, mat: Path, cfg: BL2012Config, command: str = "") -> dict:
                              "best_model": best_state, "config": config.to_dict(cfg), "mat_hash": mat_hash})
 
     amp = autocast_dtype(precision)
-    with stop_signals() as asked:
+    stop = StopFlag()  # SIGTERM, SIGUSR2 (Slurm), SIGINT, SIGHUP: save at the next step, then stop
+    try:
         last_save = time.perf_counter()
         while not progress.stopped:
             epoch_rng = copy.deepcopy(rng.bit_generator.state)  # this epoch's crops are drawn from here, on resume too
@@ -331,10 +318,11 @@ def run(dataset: str, mat: Path, cfg: BL2012Config, command: str = "") -> dict:
                 with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
                     nll = frame_nll(model, batch)  # (B, L)
                 frames = batch["mask"].sum()
-                loss = nll.sum() / (frames * NUM_KEYS)  # mean BCE per note-step: OptimConfig's scale (grad_clip)
-                value = float(loss.detach())
-                if not math.isfinite(value):  # stop before the step and before any save: the saved state is sound
-                    raise BL2012Error(f"the training loss is {value} at step {progress.step + 1} (epoch "
+                nll_sum = nll.sum()
+                loss = nll_sum / (frames * NUM_KEYS)  # mean BCE per note-step: OptimConfig's scale (grad_clip)
+                total = float(nll_sum.detach())
+                if not math.isfinite(total):  # stop before the step and before any save: the saved state is sound
+                    raise BL2012Error(f"the training loss is {float(loss.detach())} at step {progress.step + 1} (epoch "
                                       f"{progress.epoch + 1}); nothing was saved after the last good step, so the same "
                                       f"command resumes from there; a lower optim.lr or optim.grad_clip may avoid it")
                 optimizer.zero_grad(set_to_none=True)
@@ -344,11 +332,11 @@ def run(dataset: str, mat: Path, cfg: BL2012Config, command: str = "") -> dict:
                 optimizer.step()
                 scheduler.step()
                 progress.step, progress.batch = progress.step + 1, progress.batch + 1
-                progress.train_sum += float(nll.detach().sum())
+                progress.train_sum += total
                 progress.train_frames += float(frames)
-                if asked:
+                if stop.local:
                     save(epoch_rng)
-                    raise Stopped(asked[0])
+                    raise Stopped(stop.signal_name)
                 if elapsed() > budget:
                     break
                 if cfg.train.save_minutes and time.perf_counter() - last_save > 60 * cfg.train.save_minutes:
@@ -384,15 +372,18 @@ def run(dataset: str, mat: Path, cfg: BL2012Config, command: str = "") -> dict:
                 print(f"time budget of {cfg.train.max_minutes:g} min reached", flush=True)
             save(copy.deepcopy(rng.bit_generator.state))  # the next epoch draws its crops from here
             last_save = time.perf_counter()
+    finally:
+        stop.restore()
 
     if best_state is None:
         raise BL2012Error(f"training diverged: validation NLL {valid.nll} at every epoch (lower optim.lr?)")
     model.load_state_dict(best_state)
-    return score_best(dataset, model, splits, cfg, progress, baseline=baseline, precision=precision,
+    return score_best(dataset, model, splits, cfg, progress, run_dir=run_dir, baseline=baseline, precision=precision,
                       started=t0, ckpt=ckpt, mat_hash=mat_hash, command=command)
 
 
-def score_best(dataset: str, model: DeepJ, splits: dict, cfg: BL2012Config, progress: Progress, *, baseline: float,
+def score_best(dataset: str, model: DeepJ, splits: dict, cfg: BL2012Config, progress: Progress, *, run_dir: Path,
+               baseline: float,
                precision: str, started: float, ckpt: Path | None, mat_hash: str, command: str) -> dict:
     """The test score of the best model with the audit beside it; written to run_dir/result.json."""
     scoring_start = time.perf_counter()
@@ -406,7 +397,8 @@ def score_best(dataset: str, model: DeepJ, splits: dict, cfg: BL2012Config, prog
     if not step_check["equal"]:
         print(f"WARNING: the step-by-step path scores {stepped:.6f} and the forward pass {forward:.6f}: the "
               "likelihood is not exact (something looks ahead)", file=sys.stderr, flush=True)
-    leaks = {split: shared_windows(splits["train"], splits[split]) for split in ("valid", "test")}
+    seen = window_set(splits["train"])
+    leaks = {split: shared_windows(seen, splits[split]) for split in ("valid", "test")}
     shared = set(leaks["test"]["pieces_mostly_shared"])
     rest = [p for i, p in enumerate(splits["test"]) if i not in shared]
     without_shared = evaluate_pieces(model, rest, beat, frames).nll if shared and rest else None
@@ -425,7 +417,6 @@ def score_best(dataset: str, model: DeepJ, splits: dict, cfg: BL2012Config, prog
         "test_nll_without_mostly_shared": None if without_shared is None else round(without_shared, 4),
         "history": progress.history, "config": config.to_dict(cfg),
     }
-    run_dir = Path(cfg.run_dir or f"runs/bl2012-{dataset}")
     (run_dir / "result.json").write_text(json.dumps(result, indent=1) + "\n")
     return result
 

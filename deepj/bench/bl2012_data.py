@@ -133,14 +133,19 @@ def window_keys(roll: np.ndarray, window: int = LEAK_WINDOW) -> list[int]:
     return keys
 
 
-def shared_windows(train: list[np.ndarray], other: list[np.ndarray], window: int = LEAK_WINDOW) -> dict:
-    """How much of `other` (a validation or test split) occurs in `train`, at any transposition.
+def window_set(pieces: list[np.ndarray], window: int = LEAK_WINDOW) -> set[int]:
+    """Every window hash of `pieces` (the training split): built once, looked up for each other split."""
+    return {k for roll in pieces for k in window_keys(roll, window)}
+
+
+def shared_windows(seen: set[int], other: list[np.ndarray], window: int = LEAK_WINDOW) -> dict:
+    """How much of `other` (a validation or test split) occurs among `seen` (`window_set` of the training pieces), at
+    any transposition.
 
     Counts the non-silent `window`-frame windows of `other` that also occur in some training piece, and lists the
     pieces of `other` with more than half of their windows in training (a copy, or a transposed copy, of a training
     piece would show here). A window is compared at every transposition by cutting it to its sounding key range.
     """
-    seen = {k for roll in train for k in window_keys(roll, window)}
     total = shared = 0
     mostly = []
     for i, roll in enumerate(other):

@@ -43,10 +43,16 @@ class StopFlag:
         self.requested = False  # every rank knows that some rank saw one (set from a collective only)
         self.signal_name = ""
         self._parent = parent
+        self._previous = {}  # the handlers replaced here, for restore()
         for sig in SIGNALS:
             if sig in KEEP_IGNORED and signal.getsignal(sig) is signal.SIG_IGN:
                 continue
-            signal.signal(sig, self._handler)
+            self._previous[sig] = signal.signal(sig, self._handler)
+
+    def restore(self) -> None:
+        """Put back the handlers this flag replaced (a run inside a longer-lived process, such as a test)."""
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
 
     def _handler(self, signum, frame) -> None:
         if signum == signal.SIGINT:
