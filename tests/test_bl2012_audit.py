@@ -263,3 +263,26 @@ def test_a_run_ended_by_its_budget_goes_on_when_the_budget_is_raised_from_a_move
     res = json.loads(more.stdout.strip().splitlines()[-1])
     assert (res["stopped"], res["epochs"], res["sessions"]) == ("max_epochs", 5, 2)
     assert not math.isnan(res["test_nll"])
+
+
+def test_score_only_rescores_a_run_without_touching_it(synthetic, tmp_path):
+    def cfg(*extra: str) -> BL2012Config:
+        return config.load(BL2012Config, REPO / "configs/bl2012/jsb.toml",
+                           [*TINY, "train.batch=6", f"run_dir={tmp_path}", *extra])
+
+    with pytest.raises(BL2012Error, match="no resume.pt: there is no run to score"):
+        run("jsb", synthetic["a"], cfg("train.max_epochs=2"), score_only=True)
+    # a run ended by its budget after one epoch: scored as it stands, then it goes on as if never scored
+    first = run("jsb", synthetic["a"], cfg("train.max_epochs=2", "train.max_minutes=0.0001"))
+    saved = (tmp_path / RESUME_FILE).read_bytes()
+    scored = run("jsb", synthetic["a"], cfg("train.max_epochs=2", "train.max_minutes=0.0001"), score_only=True)
+    assert (tmp_path / RESUME_FILE).read_bytes() == saved
+    for key in ("test_nll", "test_nll_after_first", "train_nll", "valid_nll", "epochs", "stopped", "sessions"):
+        assert scored[key] == first[key], key
+    # train_nll: the best model on the untransposed training pieces, no dropout
+    state = torch.load(tmp_path / RESUME_FILE, weights_only=True)
+    model = DeepJ(ModelConfig(**state["config"]["model"]))
+    model.load_state_dict(state["best_model"])
+    assert scored["train_nll"] == round(evaluate_pieces(model, read_bl2012(synthetic["a"])["train"], 4).nll, 4)
+    done = run("jsb", synthetic["a"], cfg("train.max_epochs=2", "train.max_minutes=0"))
+    assert (done["epochs"], done["sessions"], done["stopped"]) == (2, 2, "max_epochs")

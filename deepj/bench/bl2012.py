@@ -25,7 +25,11 @@ Resuming: `run_dir/resume.pt` holds everything a run needs to go on (weights, op
 early-stopping counters, the best model so far, every RNG, the position within the epoch), written atomically at each
 epoch's end and every `train.save_minutes`, and at SIGTERM/SIGINT (Slurm's preemption signal) before exiting. The
 same command resumes a stopped run where it stopped and gives the same result as an uninterrupted one. A run that
-ended by its time budget goes on when `train.max_minutes` is raised.
+ended by its time budget goes on when `train.max_minutes` is raised. `--score-only` scores the best model a run has
+so far (stopped or finished) without training and without touching its saved state.
+
+Beside the test figure, result.json holds `train_nll`: the best model on its own training pieces (untransposed, no
+dropout), which tells overfitting (far below valid_nll) from a model that has not yet fitted its data (level with it).
 """
 
 from __future__ import annotations
@@ -212,8 +216,9 @@ def save_state(run_dir: Path, state: dict) -> None:
         os.close(fd)
 
 
-def load_state(run_dir: Path, cfg: BL2012Config, mat_hash: str) -> dict | None:
-    """The saved state of a run to resume in `run_dir`, None for a new run, or a BL2012Error saying why not."""
+def load_state(run_dir: Path, cfg: BL2012Config, mat_hash: str, *, finished_ok: bool = False) -> dict | None:
+    """The saved state of a run to resume in `run_dir`, None for a new run, or a BL2012Error saying why not (a finished
+    run too, unless `finished_ok`: scoring it again)."""
     path = run_dir / RESUME_FILE
     if not path.is_file():
         if checkpoint.list_checkpoints(run_dir):  # an older best model would be kept (or chosen) over this run's
@@ -231,15 +236,17 @@ def load_state(run_dir: Path, cfg: BL2012Config, mat_hash: str) -> dict | None:
         raise BL2012Error(f"{run_dir} was trained on another .mat file (sha256 {state['mat_hash']}...)")
     done = state["progress"]["stopped"]
     budget = cfg.train.max_minutes * 60
-    if done in ("patience", "max_epochs") or (done == "budget" and budget and state["progress"]["seconds"] >= budget):
+    spent = done == "budget" and budget and state["progress"]["seconds"] >= budget
+    finished = done in ("patience", "max_epochs") or spent
+    if finished and not finished_ok:
         more = " (raise train.max_minutes to train on)" if done == "budget" else ""
         raise BL2012Error(f"{run_dir}: this run has finished ({done}){more}; its result is {run_dir / 'result.json'}")
     return state
 
 
-def run(dataset: str, mat: Path, cfg: BL2012Config, command: str = "") -> dict:
+def run(dataset: str, mat: Path, cfg: BL2012Config, command: str = "", *, score_only: bool = False) -> dict:
     """Train with early stopping (resuming a stopped run), score the best model on the test pieces once; returns the
-    result record."""
+    result record. `score_only`: no training; score the best model a saved run (finished or stopped) has so far."""
     t0 = time.perf_counter()
     splits = read_bl2012(mat)
     if cfg.data.max_pieces:
@@ -254,7 +261,10 @@ def run(dataset: str, mat: Path, cfg: BL2012Config, command: str = "") -> dict:
     cfg.model = dataclasses.replace(cfg.model, num_notes=NUM_KEYS, num_styles=1, play_only=True)
     run_dir = Path(cfg.run_dir or f"runs/bl2012-{dataset}")
     mat_hash = file_hash(mat)
-    state = load_state(run_dir, cfg, mat_hash)
+    state = load_state(run_dir, cfg, mat_hash, finished_ok=score_only)
+    if score_only and state is None:
+        raise BL2012Error(f"{run_dir} holds no {RESUME_FILE}: there is no run to score (--score-only scores a run "
+                          "that has trained)")
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.toml").write_text(config.to_toml(cfg))
     baseline = bernoulli_baseline(splits["train"], splits["test"])
@@ -280,13 +290,15 @@ def run(dataset: str, mat: Path, cfg: BL2012Config, command: str = "") -> dict:
         rng.bit_generator.state = state["rng"]
         checkpoint.set_rng_state(state["torch_rng"])
         progress, best_state = Progress(**state["progress"]), state["best_model"]
-        progress.stopped = ""
+        if not score_only:
+            progress.stopped = ""  # a budget-ended run goes on
         found = checkpoint.list_checkpoints(run_dir)
         ckpt = found[-1] if found else None
-        print(f"resuming {run_dir}: epoch {progress.epoch + 1}, batch {progress.batch} of {per_epoch}, step "
+        verb = "scoring" if score_only else "resuming"
+        print(f"{verb} {run_dir}: epoch {progress.epoch + 1}, batch {progress.batch} of {per_epoch}, step "
               f"{progress.step}; best valid {progress.best:.4f} (epoch {progress.best_epoch}), {progress.bad} epochs "
               f"since; {progress.seconds / 60:.1f} min trained in {progress.sessions} session(s)", flush=True)
-    progress.sessions += 1
+    progress.sessions += 0 if score_only else 1
     print(f"model: {model.num_params():,} parameters; {per_epoch} steps per epoch; training in {precision}, scoring "
           f"in fp32; {machine()}", flush=True)
 
@@ -303,6 +315,14 @@ def run(dataset: str, mat: Path, cfg: BL2012Config, command: str = "") -> dict:
                              "torch_rng": checkpoint.rng_state(), "model": model.state_dict(),
                              "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                              "best_model": best_state, "config": config.to_dict(cfg), "mat_hash": mat_hash})
+
+    if score_only:
+        if best_state is None:
+            raise BL2012Error(f"{run_dir} has not finished an epoch yet: there is no best model to score")
+        print(f"scoring the best model so far (epoch {progress.best_epoch}) without training", flush=True)
+        model.load_state_dict(best_state)
+        return score_best(dataset, model, splits, cfg, progress, run_dir=run_dir, baseline=baseline,
+                          precision=precision, started=t0, ckpt=ckpt, mat_hash=mat_hash, command=command)
 
     amp = autocast_dtype(precision)
     stop = StopFlag()  # SIGTERM, SIGUSR2 (Slurm), SIGINT, SIGHUP: save at the next step, then stop
@@ -389,6 +409,9 @@ def score_best(dataset: str, model: DeepJ, splits: dict, cfg: BL2012Config, prog
     scoring_start = time.perf_counter()
     beat, frames = cfg.data.beat_period, cfg.train.eval_frames
     test = evaluate_pieces(model, splits["test"], beat, frames)
+    # The same model on its own training pieces (untransposed, no dropout): far below valid_nll is overfitting;
+    # level with it, the model has not yet fitted what it has seen (capacity or training time).
+    train = evaluate_pieces(model, splits["train"], beat, frames)
     # Exactness: the first test frames scored one frame and one note at a time equal the whole-piece forward pass.
     piece = splits["test"][0][:STEP_CHECK_FRAMES]
     forward, stepped = evaluate_pieces(model, [piece], beat).nll, step_path_nll(model, piece, beat)
@@ -405,9 +428,11 @@ def score_best(dataset: str, model: DeepJ, splits: dict, cfg: BL2012Config, prog
     result = {
         "benchmark": "bl2012", "dataset": dataset, "test_nll": round(test.nll, 4),
         "test_nll_after_first": round(test.nll_after_first, 4), "valid_nll": round(progress.best, 4),
-        "valid_nll_after_first": round(progress.best_after_first, 4), "baseline_nll": round(baseline, 4),
+        "valid_nll_after_first": round(progress.best_after_first, 4),
+        "train_nll": round(train.nll, 4), "baseline_nll": round(baseline, 4),
         "published": PUBLISHED.get(dataset, {}), "test_pieces": test.pieces, "test_frames": test.frames,
-        "epochs": progress.epoch, "best_epoch": progress.best_epoch, "stopped": progress.stopped,
+        "epochs": progress.epoch, "best_epoch": progress.best_epoch,
+        "stopped": progress.stopped or "not finished: scored with --score-only",
         "steps": progress.step, "params": model.num_params(), "precision": precision,
         # training over every session (saved at its end) plus this scoring pass
         "seconds": round(progress.seconds + time.perf_counter() - scoring_start, 1),
@@ -426,6 +451,9 @@ def parse_args(argv=None):
     p.add_argument("--dataset", required=True, choices=sorted(DATASETS), help="which benchmark (names the run)")
     p.add_argument("--mat", required=True, help=f"its .mat file ({', '.join(DATASETS.values())})")
     p.add_argument("--config", help="TOML file, e.g. configs/bl2012/jsb.toml")
+    p.add_argument("--score-only", action="store_true",
+                   help="do not train: score the best model the run in run_dir has so far (a stopped run still "
+                        "resumes afterwards; a finished one is scored again)")
     p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. train.max_epochs=5 model.dropout=0.3")
     return p.parse_args(argv)
 
@@ -437,7 +465,7 @@ def main(argv=None) -> int:
         if cfg.device not in ("cpu", "cuda"):
             raise ConfigError(f"device: {cfg.device!r} is not one of 'cpu', 'cuda'")
         argv_str = " ".join(["python -m deepj.bench bl2012", *(sys.argv[2:] if argv is None else argv)])
-        result = run(args.dataset, Path(args.mat), cfg, command=argv_str)
+        result = run(args.dataset, Path(args.mat), cfg, command=argv_str, score_only=args.score_only)
     except (ConfigError, BL2012Error) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
