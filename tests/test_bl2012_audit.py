@@ -27,6 +27,7 @@ from deepj.bench.bl2012_data import NUM_KEYS, BL2012Error, make_batch, read_bl20
 from deepj.bench.bl2012_score import evaluate_pieces, paths_agree, step_path_nll
 from deepj.model import DeepJ, ModelConfig
 from deepj.music.constants import PLAY
+from deepj.training.preempt import PREEMPTED_EXIT
 
 SETS = ["JSB_Chorales.mat", "Piano_midi.mat", "MuseData.mat", "Nottingham.mat"]
 TINY = ["model.time_hidden=16", "model.note_hidden=8", "model.conv_filters=4", "model.style_dim=4", "threads=1",
@@ -222,8 +223,8 @@ def test_a_run_stopped_by_sigterm_then_killed_resumes_to_the_uninterrupted_resul
 
     run_dir = tmp_path / "stopped"
     cmd = _cli(synthetic["a"], run_dir, "train.save_minutes=1e-9")  # the state is saved after every step
-    term = _stop_at(cmd, run_dir, 8, signal.SIGTERM)  # Slurm's preemption signal: saves, exits 143
-    assert term.returncode == 128 + signal.SIGTERM and "same command resumes" in term.stderr, term.stderr
+    term = _stop_at(cmd, run_dir, 8, signal.SIGTERM)  # Slurm's preemption signal: saves, exits 75 as the trainer
+    assert term.returncode == PREEMPTED_EXIT and "same command resumes" in term.stderr, term.stderr
     assert _progress(run_dir)["sessions"] == 1
     killed = _stop_at(cmd, run_dir, 40, signal.SIGKILL)  # no chance to save: resumes from the last save
     assert killed.returncode == -signal.SIGKILL and "resuming" in killed.stdout

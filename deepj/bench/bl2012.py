@@ -23,10 +23,10 @@ then is the best model (chosen on validation alone) scored on the test pieces, o
 
 Resuming: `run_dir/resume.pt` holds everything a run needs to go on (weights, optimizer, schedule with its decays,
 early-stopping counters, the best model so far, every RNG, the position within the epoch), written atomically at each
-epoch's end and every `train.save_minutes`, and at SIGTERM/SIGINT (Slurm's preemption signal) before exiting. The
-same command resumes a stopped run where it stopped and gives the same result as an uninterrupted one. A run that
-ended by its time budget goes on when `train.max_minutes` is raised. `--score-only` scores the best model a run has
-so far (stopped or finished) without training and without touching its saved state.
+epoch's end and every `train.save_minutes`, and at SIGTERM/SIGINT/SIGUSR2/SIGHUP before exiting with 75, as the
+trainer does. The same command resumes a stopped run where it stopped and gives the same result as an uninterrupted
+one. A run that ended by its time budget goes on when `train.max_minutes` is raised. `--score-only` scores the best
+model a run has so far (stopped or finished) without training and without touching its saved state.
 
 Beside the test figure, result.json holds `train_nll`: the best model on its own training pieces (untransposed, no
 dropout), which tells overfitting (far below valid_nll) from a model that has not yet fitted its data (level with it).
@@ -41,7 +41,6 @@ import hashlib
 import json
 import math
 import os
-import signal
 import sys
 import time
 from dataclasses import dataclass, field
@@ -74,7 +73,7 @@ from deepj.training import checkpoint
 from deepj.training.checkpoint import CheckpointMeta
 from deepj.training.engine import autocast_dtype, check_precision, resolve_precision
 from deepj.training.optim import OptimConfig, build_optimizer, build_scheduler
-from deepj.training.preempt import StopFlag
+from deepj.training.preempt import PREEMPTED_EXIT, StopFlag
 
 # Test NLL in nats per frame as commonly quoted from BL2012 (RNN-NADE: the Hessian-free trained one).
 PUBLISHED = {
@@ -166,11 +165,7 @@ class Progress:
 
 
 class Stopped(Exception):
-    """A signal asked the run to stop; its state is saved."""
-
-    def __init__(self, name: str):
-        super().__init__(name)
-        self.signum = signal.Signals[name].value
+    """A signal asked the run to stop; its state is saved. The message is the signal's name."""
 
 
 def machine() -> str:
@@ -471,7 +466,7 @@ def main(argv=None) -> int:
         return 2
     except Stopped as e:
         print(f"stopped by {e}: the state is saved; the same command resumes the run", file=sys.stderr, flush=True)
-        return 128 + e.signum
+        return PREEMPTED_EXIT  # as the trainer: slurm/train.sbatch and Slurm read it as "requeue me"
     pub = result["published"]
     print(f"{args.dataset}: test NLL {result['test_nll']:.3f} nats/frame ({result['test_nll_after_first']:.3f} "
           f"without first frames; valid {result['valid_nll']:.3f}) | independent Bernoulli "
