@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 
 import numpy as np
 import pytest
@@ -231,6 +232,8 @@ def test_benchmark_end_to_end_on_a_jsb_slice(tmp_path):
     for key in ("dataset", "test_nll", "valid_nll", "baseline_nll", "config", "epochs", "seconds", "machine"):
         assert key in result
     assert result["dataset"] == "jsb" and result["epochs"] == 1
+    speed = re.search(r"epoch   1 \| step .* \| ([\d,]+) frames/s\n", res.stdout)
+    assert speed and int(speed.group(1).replace(",", "")) > 0, res.stdout[-2000:]
     assert result["test_frames"] == sum(len(p) for p in read_bl2012(JSB)["test"][:6])
     # One tiny epoch: far from the baseline, but the play bias starts at the key density (~16 nats, not 61).
     assert 5 < result["test_nll"] < 25 and result["baseline_nll"] > 5

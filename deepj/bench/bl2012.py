@@ -327,7 +327,7 @@ def run(dataset: str, mat: Path, cfg: BL2012Config, command: str = "", *, score_
             epoch_rng = copy.deepcopy(rng.bit_generator.state)  # this epoch's crops are drawn from here, on resume too
             batches = epoch_crops(splits["train"], cfg.train.seq_len, cfg.train.transpose, cfg.train.batch, rng)
             model.train()
-            te = time.perf_counter()
+            te, seen = time.perf_counter(), 0.0  # seen: frames trained on in this session's part of the epoch
             for crops in batches[progress.batch:]:
                 batch = {k: v.to(device) for k, v in make_batch(splits["train"], crops, cfg.data.beat_period).items()}
                 with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
@@ -349,6 +349,7 @@ def run(dataset: str, mat: Path, cfg: BL2012Config, command: str = "", *, score_
                 progress.step, progress.batch = progress.step + 1, progress.batch + 1
                 progress.train_sum += total
                 progress.train_frames += float(frames)
+                seen += float(frames)
                 if stop.local:
                     save(epoch_rng)
                     raise Stopped(stop.signal_name)
@@ -357,6 +358,7 @@ def run(dataset: str, mat: Path, cfg: BL2012Config, command: str = "", *, score_
                 if cfg.train.save_minutes and time.perf_counter() - last_save > 60 * cfg.train.save_minutes:
                     save(epoch_rng)
                     last_save = time.perf_counter()
+            speed = seen / max(time.perf_counter() - te, 1e-9)  # training frames per second, validation excluded
             valid = evaluate_pieces(model, splits["valid"], cfg.data.beat_period, cfg.train.eval_frames)
             progress.epoch, progress.batch = progress.epoch + 1, 0
             mark = ""
@@ -376,7 +378,7 @@ def run(dataset: str, mat: Path, cfg: BL2012Config, command: str = "", *, score_
             progress.train_sum = progress.train_frames = 0.0
             print(f"epoch {progress.epoch:3d} | step {progress.step:6d} | train {train_nll:.4f} | valid "
                   f"{valid.nll:.4f}{mark} | lr {lr:.2e} | {time.perf_counter() - te:.0f}s (trained "
-                  f"{elapsed() / 60:.1f} min)", flush=True)
+                  f"{elapsed() / 60:.1f} min) | {speed:,.0f} frames/s", flush=True)
             if progress.bad >= cfg.train.patience:
                 progress.stopped = "patience"
                 print(f"early stop: {progress.bad} epochs without a better validation NLL", flush=True)
