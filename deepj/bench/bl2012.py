@@ -293,7 +293,8 @@ def run(dataset: str, mat: Path, cfg: BL2012Config, command: str = "", *, score_
         print(f"{verb} {run_dir}: epoch {progress.epoch + 1}, batch {progress.batch} of {per_epoch}, step "
               f"{progress.step}; best valid {progress.best:.4f} (epoch {progress.best_epoch}), {progress.bad} epochs "
               f"since; {progress.seconds / 60:.1f} min trained in {progress.sessions} session(s)", flush=True)
-    progress.sessions += 0 if score_only else 1
+    if not score_only:
+        progress.sessions += 1
     print(f"model: {model.num_params():,} parameters; {per_epoch} steps per epoch; training in {precision}, scoring "
           f"in fp32; {machine()}", flush=True)
 
@@ -400,8 +401,7 @@ def run(dataset: str, mat: Path, cfg: BL2012Config, command: str = "", *, score_
 
 
 def score_best(dataset: str, model: DeepJ, splits: dict, cfg: BL2012Config, progress: Progress, *, run_dir: Path,
-               baseline: float,
-               precision: str, started: float, ckpt: Path | None, mat_hash: str, command: str) -> dict:
+               baseline: float, precision: str, started: float, ckpt: Path | None, mat_hash: str, command: str) -> dict:
     """The test score of the best model with the audit beside it; written to run_dir/result.json."""
     scoring_start = time.perf_counter()
     beat, frames = cfg.data.beat_period, cfg.train.eval_frames
